@@ -1,0 +1,91 @@
+"""Shared fixtures: the real Omniglot mirror, synthetic processed splits, and throwaway workflow checkouts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_FILES = ["Snakefile", "workflow", "config", "data/splits"]
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def omniglot_mirror() -> Path:
+    """The full Omniglot image set (CI has it beside the clone); a missing mirror fails rather than skips."""
+    mirror = Path(os.environ.get("METACOLLAPSE_OMNIGLOT_MIRROR", REPO.parent / "shared" / "data" / "omniglot"))
+    if not (mirror / "SHA256SUMS").is_file():
+        pytest.fail(f"Omniglot mirror not found at {mirror}; set METACOLLAPSE_OMNIGLOT_MIRROR")
+    return mirror.resolve()
+
+
+def make_workspace(root: Path) -> Path:
+    """A fresh copy of the workflow (no data, no results) to run Snakemake in without touching the repo."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        source, target = REPO / name, root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, target)
+    return root
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
+    """Run the real Snakemake CLI in ``workdir``; on failure show its output and the job logs."""
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
+    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "logs").rglob("*.log")))
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
+            f"{result.stderr[-6000:]}\n{logs}"
+        )
+    return result
+
+
+@pytest.fixture(scope="session")
+def prepared_workspace(tmp_path_factory, omniglot_mirror) -> Path:
+    """A workspace where `snakemake prepare` has run once on the real mirror (shared by integration tests)."""
+    workdir = make_workspace(tmp_path_factory.mktemp("prepared"))
+    snakemake(workdir, "prepare", "--config", f"omniglot_mirror={omniglot_mirror}")
+    return workdir
+
+
+@pytest.fixture
+def quick_workspace(tmp_path, prepared_workspace) -> Path:
+    """A workspace with the real prepared data linked in (so no test re-downloads or re-renders Omniglot)."""
+    workdir = make_workspace(tmp_path / "work")
+    shutil.copytree(prepared_workspace / "data", workdir / "data", copy_function=os.link, dirs_exist_ok=True)
+    return workdir
+
+
+def synthetic_split(classes: int, per_class: int = 20, seed: int = 0, noise: float = 0.05) -> np.ndarray:
+    """Learnable Omniglot-shaped data: each class is a random binary glyph, each image a noisy copy of it."""
+    rng = np.random.default_rng(seed)
+    glyphs = rng.random((classes, 1, 28, 28)) < 0.2
+    flips = rng.random((classes, per_class, 28, 28)) < noise
+    return (glyphs ^ flips).astype(np.uint8)
+
+
+@pytest.fixture
+def synthetic_data(tmp_path) -> Path:
+    """A processed-data folder with small synthetic train/val/test splits in the pipeline's format."""
+    out = tmp_path / "processed"
+    out.mkdir()
+    for i, (split, classes) in enumerate({"train": 30, "val": 12, "test": 25}.items()):
+        np.save(out / f"{split}.npy", synthetic_split(classes, seed=i))
+        names = [f"Synthetic/character{c:02d}/rot000" for c in range(1, classes + 1)]
+        (out / f"{split}_classes.txt").write_text("\n".join(names) + "\n")
+    return out
