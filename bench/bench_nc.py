@@ -2,20 +2,19 @@
 
 Builds synthetic feature dumps with the real probe sizes (docs/CONTRACTS.md layout) for Conv-4 (d=64) and
 ResNet-18 (d=512), times ``metacollapse.nc.epoch_nc_table`` (best of 3) on each, and also the file-level path
-``nc_table_for_file`` (npz load + table + atomic CSV write). Run: ``.venv/bin/python bench/bench_nc.py``.
+``nc_table_for_file`` (npz load + table + atomic CSV write). Run: ``.venv/bin/python bench/bench_nc.py``
+(``--blas-threads 1`` pins OpenBLAS to one thread; it must be set before numpy is imported, hence the
+late imports). On a busy 2-core machine multi-threaded OpenBLAS can spin on these small matrices.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
-
-import numpy as np
-
-from metacollapse.nc import epoch_nc_table, nc_table_for_file
 
 BUDGET_S = 5.0
 BACKBONES = {"conv4": 64, "resnet18": 512}
@@ -28,8 +27,10 @@ PROBES = {
 }
 
 
-def synthetic_dump(dim: int, backbone: str, seed: int = 0) -> dict[str, np.ndarray]:
+def synthetic_dump(dim: int, backbone: str, seed: int = 0) -> dict:
     """A feature dump of the real probe sizes: ReLU(class centre + noise), float32, rows in probe order."""
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     feats, labels, probe, episode, role = [], [], [], [], []
     for p, (kind, episodes, n_way, n_sup, n_qry, n_classes) in enumerate(PROBES.values()):
@@ -69,9 +70,20 @@ def best_of(repeats: int, fn) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--blas-threads", type=int, default=None, help="pin OpenBLAS/OMP/MKL thread counts")
     args = parser.parse_args()
+    if args.blas_threads is not None:
+        if "numpy" in sys.modules:
+            raise RuntimeError("--blas-threads must be applied before numpy is imported")
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(args.blas_threads)
+    import numpy as np
 
-    print(f"cpus={os.cpu_count()}  budget={BUDGET_S:.1f}s  best of {args.repeats}")
+    from metacollapse.nc import epoch_nc_table, nc_table_for_file
+
+    threads = os.environ.get("OPENBLAS_NUM_THREADS", "default")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"cpus={os.cpu_count()}  blas_threads={threads}  load_avg=({load})  best of {args.repeats}")
     total_table = total_file = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for backbone, dim in BACKBONES.items():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ["Snakefile", "workflow", "config", "data/splits"]
+WORKFLOW_FILES = ["Snakefile", "workflow", "config", "data/splits", "environment.yml"]
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +27,13 @@ def omniglot_mirror() -> Path:
     if not (mirror / "SHA256SUMS").is_file():
         pytest.fail(f"Omniglot mirror not found at {mirror}; set METACOLLAPSE_OMNIGLOT_MIRROR")
     return mirror.resolve()
+
+
+def venv_env() -> dict[str, str]:
+    """The environment with this interpreter's bin/ first, so rules find the `metacollapse` entry point."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
 
 
 def make_workspace(root: Path) -> Path:
@@ -45,7 +52,7 @@ def make_workspace(root: Path) -> Path:
 def snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
     """Run the real Snakemake CLI in ``workdir``; on failure show its output and the job logs."""
     command = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
-    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=venv_env())
     if check and result.returncode != 0:
         logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "logs").rglob("*.log")))
         raise AssertionError(
@@ -67,7 +74,8 @@ def prepared_workspace(tmp_path_factory, omniglot_mirror) -> Path:
 def quick_workspace(tmp_path, prepared_workspace) -> Path:
     """A workspace with the real prepared data linked in (so no test re-downloads or re-renders Omniglot)."""
     workdir = make_workspace(tmp_path / "work")
-    shutil.copytree(prepared_workspace / "data", workdir / "data", copy_function=os.link, dirs_exist_ok=True)
+    for stage in ("raw", "processed"):
+        shutil.copytree(prepared_workspace / "data" / stage, workdir / "data" / stage, copy_function=os.link)
     return workdir
 
 

@@ -34,8 +34,11 @@ def _nc_table(backbones: tuple[str, ...] = BACKBONES) -> pd.DataFrame:
             for probe in (*EPISODIC, *CLASSES):
                 episodic = probe in EPISODIC
                 for metric in NC_METRICS:
-                    sets = ("protonet",) if metric in ("nc3", "nc4") else (
-                        ("support", "query") if episodic else ("all",))
+                    sets = (
+                        ("protonet",)
+                        if metric in ("nc3", "nc4")
+                        else (("support", "query") if episodic else ("all",))
+                    )
                     for s_i, set_name in enumerate(sets):
                         decay = 10.0 if metric in ("nc1", "cdnv") else 1.3
                         mean = (1.0 + 0.3 * b_i + 0.2 * s_i) * decay ** (-(epoch - 1))
@@ -55,21 +58,27 @@ def _write_inputs(root: Path, backbones: tuple[str, ...] = BACKBONES) -> tuple[P
         folder = root / "results" / backbone
         folder.mkdir()
         epochs = np.arange(1, EPOCHS + 1)
-        pd.DataFrame({
-            "epoch": epochs,
-            "train_loss": 2.0 / epochs + 0.1 * b_i,
-            "train_acc": 1 - 0.5 / epochs,
-            "val_loss": 2.2 / epochs + 0.1 * b_i,
-            "val_acc": 1 - 0.6 / epochs - 0.01 * b_i,
-            "lr": 1e-3,
-            "seconds": 10.0,
-            "episodes_per_s": 50.0,
-        }).to_csv(folder / "train_log.csv", index=False)
+        pd.DataFrame(
+            {
+                "epoch": epochs,
+                "train_loss": 2.0 / epochs + 0.1 * b_i,
+                "train_acc": 1 - 0.5 / epochs,
+                "val_loss": 2.2 / epochs + 0.1 * b_i,
+                "val_acc": 1 - 0.6 / epochs - 0.01 * b_i,
+                "lr": 1e-3,
+                "seconds": 10.0,
+                "episodes_per_s": 50.0,
+            }
+        ).to_csv(folder / "train_log.csv", index=False)
         logs.append(folder / "train_log.csv")
-        few = [(backbone, w, s, 15, 600, 0.99 - 0.02 * (w == 20) - 0.02 * (s == 1) - 0.005 * b_i, 0.003)
-               for w in (5, 20) for s in (1, 5)]
-        pd.DataFrame(few, columns=["backbone", "n_way", "n_shot", "n_query", "episodes", "accuracy", "ci95"]
-                     ).to_csv(folder / "fewshot_accuracy.csv", index=False)
+        few = [
+            (backbone, w, s, 15, 600, 0.99 - 0.02 * (w == 20) - 0.02 * (s == 1) - 0.005 * b_i, 0.003)
+            for w in (5, 20)
+            for s in (1, 5)
+        ]
+        pd.DataFrame(
+            few, columns=["backbone", "n_way", "n_shot", "n_query", "episodes", "accuracy", "ci95"]
+        ).to_csv(folder / "fewshot_accuracy.csv", index=False)
         shots.append(folder / "fewshot_accuracy.csv")
     return nc_csv, logs, shots
 
@@ -187,8 +196,8 @@ def test_duplicate_nc_rows_are_rejected(tmp_path: Path) -> None:
     [
         ([1.0, 0.5, 0.1], False),  # one decade
         ([1.0, 0.01], True),  # two decades
-        ([1.0, 10 ** -1.5], False),  # exactly the threshold is not more than it
-        ([1.0, 10 ** -1.6], True),
+        ([1.0, 10**-1.5], False),  # exactly the threshold is not more than it
+        ([1.0, 10**-1.6], True),
         ([1.0, 0.0, 1e-4], False),  # a zero cannot go on a log axis
         ([1.0, -1e-3, 1e-4], False),
         ([np.nan, 1.0, np.inf, 1e-3], True),  # non-finite values are ignored
@@ -220,8 +229,17 @@ def test_log_scale_is_applied_per_panel(generated) -> None:
 def test_backbone_order_is_order_of_appearance(generated) -> None:
     from metacollapse import figures
 
-    nc = figures.read_nc_metrics(generated[2][0])
-    colors = figures._colors(list(dict.fromkeys(nc["backbone"])))
-    fig = figures._nc_metric_figure(nc, "nc1", list(colors), colors)
+    nc_csv, logs, shots = generated[2]
+    nc = figures.read_nc_metrics(nc_csv)
+    train = figures.read_train_logs(logs)
+    few = figures.read_fewshot(shots)
+    assert figures.backbone_order(nc, train, few) == list(BACKBONES)
+    # a backbone that only has a training log comes after those of the NC table
+    extra = train[train["backbone"] == "conv4"].assign(backbone="vit_tiny")
+    order = figures.backbone_order(nc, pd.concat([extra, train]), few)
+    assert order == [*BACKBONES, "vit_tiny"]
+    colors = figures._colors(order)
+    assert colors["resnet18"] == "C0" and colors["vit_tiny"] == "C3"
+    fig = figures._nc_metric_figure(nc, "nc1", order, colors)
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert labels[: len(BACKBONES)] == list(BACKBONES)
+    assert [lab for lab in labels if lab in order] == list(BACKBONES)  # vit_tiny has no NC rows: no entry

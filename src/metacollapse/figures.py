@@ -1,6 +1,8 @@
 """Figures of the neural-collapse study (owns every file under ``results/figures/``).
 
-This module turns the pipeline's tables into the report figures; it computes no metric itself.
+This module turns the pipeline's tables into the report figures; it computes no metric itself (the NC
+definitions, which the axis labels in :data:`METRIC_INFO` summarise, live in :mod:`metacollapse.nc`).
+It also owns the Snakemake report captions ``workflow/report/{name}.rst``, one per figure name.
 
 Inputs (formats in ``docs/CONTRACTS.md``):
 
@@ -44,6 +46,7 @@ __all__ = [
     "FIGURE_NAMES",
     "NC_METRICS",
     "FigureInputError",
+    "backbone_order",
     "make_figures",
     "read_fewshot",
     "read_nc_metrics",
@@ -114,42 +117,53 @@ class MetricInfo:
 _LOWER = "(lower = more collapse)"
 
 METRIC_INFO: dict[str, MetricInfo] = {
-    "nc1": MetricInfo("NC1", "NC1: within-class variability collapse", r"NC1 = tr$(\Sigma_W \Sigma_B^{+})/C$"),
+    "nc1": MetricInfo(
+        "NC1", "NC1: within-class variability collapse", r"NC1 = tr$(\Sigma_W \Sigma_B^{+})/C$"
+    ),
     "nc1_quotient": MetricInfo(
-        "NC1 quot.", "NC1 (quotient form): within- vs between-class scatter",
+        "NC1\nquotient",
+        "NC1 (quotient form): within- vs between-class scatter",
         r"NC1 quotient = tr$(\Sigma_W)\,/\,$tr$(\Sigma_B)$",
     ),
     "nc2_equinorm": MetricInfo(
-        "NC2 equinorm", "NC2: equal norms of the centred class means",
+        "NC2\nequinorm",
+        "NC2: equal norms of the centred class means",
         r"NC2 equinorm = std / mean of $\Vert\mu_c - \mu_G\Vert$",
     ),
     "nc2_equiangularity": MetricInfo(
-        "NC2 equiangle", "NC2: equal angles between the centred class means",
+        "NC2\nequiangular",
+        "NC2: equal angles between the centred class means",
         r"NC2 equiangularity = std of $\cos(\mu_c, \mu_{c'})$",
     ),
     "nc2_maxangle": MetricInfo(
-        "NC2 max-angle", "NC2: maximal angles between the centred class means",
+        "NC2\nmax-angle",
+        "NC2: maximal angles between the centred class means",
         r"NC2 max-angle = mean $|\cos(\mu_c, \mu_{c'}) + 1/(C-1)|$",
     ),
     "nc2_etf": MetricInfo(
-        "NC2 ETF", "NC2: distance of the class means to a simplex ETF",
+        "NC2\nETF",
+        "NC2: distance of the class means to a simplex ETF",
         r"NC2 ETF distance $\Vert MM^\top/\Vert MM^\top\Vert_F - $ETF$\Vert_F$",
     ),
     "nc2_etf_rownorm": MetricInfo(
-        "NC2 ETF (norm.)", "NC2: distance to a simplex ETF, class means normalised",
+        "NC2 ETF\n(rows norm.)",
+        "NC2: distance to a simplex ETF, class means normalised",
         r"NC2 ETF distance, rows of $M$ normalised",
     ),
     "cdnv": MetricInfo(
-        "CDNV", "CDNV: class-distance normalised variance",
+        "CDNV",
+        "CDNV: class-distance normalised variance",
         r"CDNV = mean $(\sigma_c^2 + \sigma_{c'}^2)\,/\,(2\Vert\mu_c - \mu_{c'}\Vert^2)$",
     ),
     "nc3": MetricInfo(
-        "NC3", "NC3: prototypes align with the class means (self-duality)",
-        r"NC3 = $\Vert P/\Vert P\Vert_F - M/\Vert M\Vert_F\Vert_F^2$",
+        "NC3",
+        r"NC3 (self-duality): centred prototypes $\tilde W$ align with the centred class means $M$",
+        r"NC3 = $\Vert \tilde W/\Vert \tilde W\Vert_F - M/\Vert M\Vert_F\Vert_F^2$",
     ),
     "nc4": MetricInfo(
-        "NC4", "NC4: ProtoNet decisions match the nearest class mean",
-        "NC4 = fraction ProtoNet ≠ nearest class mean",
+        "NC4",
+        "NC4: ProtoNet decisions match the nearest class mean",
+        "NC4 = fraction nearest prototype ≠ nearest class mean",
     ),
 }
 
@@ -165,7 +179,7 @@ SET_LABELS: dict[str, str] = {
     "support": "support images",
     "query": "query images",
     "all": "all images (class probes)",
-    "protonet": "ProtoNet (support → query)",
+    "protonet": "ProtoNet prototypes (from support images)",
 }
 
 _RC: dict[str, object] = {
@@ -218,9 +232,7 @@ def _read_csv(path: Path, columns: dict[str, str], what: str) -> pd.DataFrame:
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError as exc:
-        raise FigureInputError(
-            f"{path}: {what} is empty (expected columns: {', '.join(columns)})"
-        ) from exc
+        raise FigureInputError(f"{path}: {what} is empty (expected columns: {', '.join(columns)})") from exc
     except pd.errors.ParserError as exc:
         raise FigureInputError(f"{path}: {what} is not a valid CSV file: {exc}") from exc
     df.columns = [str(c).strip() for c in df.columns]
@@ -300,6 +312,14 @@ def read_fewshot(paths: Sequence[Path]) -> pd.DataFrame:
     return out
 
 
+def backbone_order(nc: pd.DataFrame, logs: pd.DataFrame, fewshot: pd.DataFrame) -> list[str]:
+    """Backbones in order of first appearance: NC table, then training logs, then few-shot tables.
+
+    This order fixes each backbone's colour (``C0``, ``C1``, ...) in every figure.
+    """
+    return _ordered_unique([*nc["backbone"], *logs["backbone"], *fewshot["backbone"]])
+
+
 def _save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
     """Write ``fig`` as ``{name}.png`` and ``{name}.pdf`` atomically; returns both paths."""
     written = []
@@ -338,6 +358,25 @@ def _no_data(ax: Axes, text: str = "no data") -> None:
     ax.set_yticks([])
 
 
+def _block_legend(fig: Figure, blocks: Sequence[Sequence[Line2D | Patch]], max_cols: int = 6) -> None:
+    """One figure legend below the panels, each block (backbones, line styles) on its own row(s).
+
+    Matplotlib fills legend columns first, so the entries are padded with invisible handles and reordered
+    to make every row hold a single block.
+    """
+    blocks = [list(b) for b in blocks if b]
+    if not blocks:
+        return
+    ncols = min(max(len(b) for b in blocks), max_cols)
+    rows: list[list[Line2D | Patch]] = []
+    for block in blocks:
+        for start in range(0, len(block), ncols):
+            row = block[start : start + ncols]
+            rows.append(row + [Line2D([], [], alpha=0.0, label=" ") for _ in range(ncols - len(row))])
+    handles = [rows[r][c] for c in range(ncols) for r in range(len(rows))]
+    fig.legend(handles=handles, loc="outside lower center", ncols=ncols, frameon=False)
+
+
 def _grid(n: int) -> tuple[int, int]:
     ncols = 1 if n == 1 else 2
     return (n + ncols - 1) // ncols, ncols
@@ -346,17 +385,20 @@ def _grid(n: int) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------------------ figures
 
 
-def _nc_metric_figure(nc: pd.DataFrame, metric: str, backbones: Sequence[str], colors: dict[str, str]) -> Figure:
+def _nc_metric_figure(
+    nc: pd.DataFrame, metric: str, backbones: Sequence[str], colors: dict[str, str]
+) -> Figure:
     data = nc[nc["metric"] == metric]
     probes = _probe_order(nc["probe"])  # same panels for every metric, even where one has no rows
     nrows, ncols = _grid(max(len(probes), 1))
     fig = Figure(figsize=(5.2 * ncols, 3.5 * nrows + 0.9), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     info = METRIC_INFO.get(metric)
-    fig.suptitle(f"{info.title if info else metric} ({metric}) against training epoch", fontsize=11)
+    fig.suptitle(f"{info.title if info else metric}, against training epoch", fontsize=11)
     sets_used: list[str] = []
-    band_kinds: set[str] = set()
-    for ax, probe in zip(axes, probes, strict=False):
+    has_band = False
+    drawn: set[str] = set()
+    for k, (ax, probe) in enumerate(zip(axes, probes, strict=False)):
         ax.set_title(PROBE_TITLES.get(probe, probe))
         pdata = data[data["probe"] == probe]
         if pdata.empty or not np.isfinite(pdata["mean"]).any():
@@ -372,36 +414,46 @@ def _nc_metric_figure(nc: pd.DataFrame, metric: str, backbones: Sequence[str], c
                     continue
                 if set_name not in sets_used:
                     sets_used.append(set_name)
+                drawn.add(backbone)
                 x = rows["epoch"].to_numpy()
                 y = rows["mean"].to_numpy()
                 style = SET_STYLES.get(set_name, ":") if len(sets) > 1 else "-"
-                ax.plot(x, y, linestyle=style, color=colors[backbone], linewidth=1.6,
-                        marker="o" if len(x) <= 12 else None, markersize=3)
+                ax.plot(
+                    x,
+                    y,
+                    linestyle=style,
+                    color=colors[backbone],
+                    linewidth=1.6,
+                    marker="o" if len(x) <= 12 else None,
+                    markersize=3,
+                )
                 std = rows["std"].to_numpy()
                 if np.isfinite(std).any():
                     lo, hi = y - std, y + std
                     if log:  # keep the band drawable on a log axis: clip its lower edge a decade below
                         lo = np.maximum(lo, y / 10)
                     ax.fill_between(x, lo, hi, color=colors[backbone], alpha=0.15, linewidth=0)
-                    band_kinds.add("episodes" if probe.endswith("episodes") else "other")
+                    has_band = True
         if log:
             ax.set_yscale("log")
         ax.set_xlabel("epoch")
-        ax.set_ylabel(_metric_label(metric))
+        # full description on the left column; the right column repeats only the metric's short name
+        left = k % ncols == 0
+        ax.set_ylabel(_metric_label(metric) if left else (info.short.replace("\n", " ") if info else metric))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    for ax in axes[len(probes):]:
+    for ax in axes[len(probes) :]:
         ax.set_visible(False)
 
-    handles: list[Line2D | Patch] = [Line2D([], [], color=colors[b], linewidth=2, label=b) for b in backbones]
-    style_sets = [s for s in sets_used if s in ("support", "query")] or []
-    other_sets = [s for s in sets_used if s not in style_sets]
-    for s in style_sets:
-        handles.append(Line2D([], [], color="0.2", linestyle=SET_STYLES[s], label=SET_LABELS[s]))
-    for s in other_sets:
-        handles.append(Line2D([], [], color="0.2", linestyle="-", label=SET_LABELS.get(s, s)))
-    if band_kinds:
-        handles.append(Patch(color="0.5", alpha=0.3, label="± 1 std over episodes"))
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), frameon=False)
+    backbone_handles = [
+        Line2D([], [], color=colors[b], linewidth=2, label=b) for b in backbones if b in drawn
+    ]
+    style_handles: list[Line2D | Patch] = []
+    for s in sets_used:
+        style = SET_STYLES.get(s, ":") if len(sets_used) > 1 and s in ("support", "query") else "-"
+        style_handles.append(Line2D([], [], color="0.2", linestyle=style, label=SET_LABELS.get(s, s)))
+    if has_band:
+        style_handles.append(Patch(color="0.5", alpha=0.3, label="± 1 std over episodes"))
+    _block_legend(fig, [backbone_handles, style_handles])
     return fig
 
 
@@ -427,8 +479,14 @@ def _training_figure(logs: pd.DataFrame, backbones: Sequence[str], colors: dict[
             any_line = True
             if backbone not in plotted:
                 plotted.append(backbone)
-            ax.plot(rows["epoch"], rows[col] * scale, color=colors[backbone], linewidth=1.6,
-                    marker="o" if len(rows) <= 12 else None, markersize=3)
+            ax.plot(
+                rows["epoch"],
+                rows[col] * scale,
+                color=colors[backbone],
+                linewidth=1.6,
+                marker="o" if len(rows) <= 12 else None,
+                markersize=3,
+            )
         if not any_line:
             _no_data(ax)
             continue
@@ -444,8 +502,13 @@ def _training_figure(logs: pd.DataFrame, backbones: Sequence[str], colors: dict[
                 a.set_ylim(lo, hi)
     handles = [Line2D([], [], color=colors[b], linewidth=2, label=b) for b in plotted]
     if handles:
-        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), frameon=False,
-                   title="backbone")
+        fig.legend(
+            handles=handles,
+            loc="outside lower center",
+            ncols=min(len(handles), 6),
+            frameon=False,
+            title="backbone",
+        )
     return fig
 
 
@@ -470,15 +533,17 @@ def _final_epoch_values(nc: pd.DataFrame, probe: str, backbones: Sequence[str]) 
     return table, finals
 
 
-def _summary_figure(nc: pd.DataFrame, fewshot: pd.DataFrame, backbones: Sequence[str],
-                    colors: dict[str, str]) -> Figure:
+def _summary_figure(
+    nc: pd.DataFrame, fewshot: pd.DataFrame, backbones: Sequence[str], colors: dict[str, str]
+) -> Figure:
     class_probes = [p for p in _probe_order(nc["probe"]) if (nc.loc[nc["probe"] == p, "set"] == "all").any()]
     if not class_probes:
         class_probes = [p for p in ("train_classes", "test_classes") if p in set(nc["probe"])]
     n_bar_panels = max(len(class_probes), 1)
     fig = Figure(figsize=(11, 3.3 * n_bar_panels + 3.6), layout="constrained")
-    axes = fig.subplots(n_bar_panels + 1, 1, squeeze=False,
-                        gridspec_kw={"height_ratios": [1.0] * n_bar_panels + [1.05]}).ravel()
+    axes = fig.subplots(
+        n_bar_panels + 1, 1, squeeze=False, gridspec_kw={"height_ratios": [1.0] * n_bar_panels + [1.05]}
+    ).ravel()
     fig.suptitle("Final-epoch comparison of the backbones", fontsize=11)
     n_b = max(len(backbones), 1)
     width = 0.8 / n_b
@@ -498,11 +563,21 @@ def _summary_figure(nc: pd.DataFrame, fewshot: pd.DataFrame, backbones: Sequence
             vals = table[backbone].to_numpy()
             pos = x - 0.4 + width * (i + 0.5)
             ok = np.isfinite(vals) & (vals > 0)
-            label = f"{backbone} (epoch {finals[backbone]})" if backbone in finals else f"{backbone} (no data)"
+            label = (
+                f"{backbone} (epoch {finals[backbone]})" if backbone in finals else f"{backbone} (no data)"
+            )
             ax.bar(pos[ok], vals[ok], width=width * 0.92, color=colors[backbone], label=label)
             for p, v in zip(pos[~ok], vals[~ok], strict=True):
-                ax.text(p, floor * 1.3, "0" if np.isfinite(v) else "n/a", ha="center", va="bottom",
-                        fontsize=6.5, rotation=90, color=colors[backbone])
+                ax.text(
+                    p,
+                    floor * 1.3,
+                    "0" if np.isfinite(v) else "n/a",
+                    ha="center",
+                    va="bottom",
+                    fontsize=7.5,
+                    fontweight="bold",
+                    color=colors[backbone],
+                )
         ax.set_ylim(bottom=floor)
         ax.set_xticks(x, [METRIC_INFO[m].short for m in NC_METRICS])
         ax.set_xlim(-0.6, len(NC_METRICS) - 0.4)
@@ -533,14 +608,31 @@ def _summary_figure(nc: pd.DataFrame, fewshot: pd.DataFrame, backbones: Sequence
         pos = fx - 0.4 + fwidth * (i + 0.5)
         ok = np.isfinite(acc)
         err = np.where(np.isfinite(ci), ci, 0.0)
-        ax.errorbar(pos[ok], acc[ok], yerr=err[ok], fmt="o", color=colors[backbone], capsize=3,
-                    markersize=5, elinewidth=1.2, label=backbone)
+        ax.errorbar(
+            pos[ok],
+            acc[ok],
+            yerr=err[ok],
+            fmt="o",
+            color=colors[backbone],
+            capsize=3,
+            markersize=5,
+            elinewidth=1.2,
+            label=backbone,
+        )
         for p, a, c in zip(pos[ok], acc[ok], err[ok], strict=True):
-            ax.annotate(f"{a:.1f}", (p, a + c), xytext=(0, 3), textcoords="offset points", ha="center",
-                        va="bottom", fontsize=7, color=colors[backbone])
+            ax.annotate(
+                f"{a:.1f}",
+                (p, a + c),
+                xytext=(0, 3),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                color=colors[backbone],
+            )
         lows.extend((acc[ok] - err[ok]).tolist())
     lo = min(lows) if lows else 0.0
-    ax.set_ylim(max(0.0, np.floor((lo - 3) / 5) * 5), 102)
+    ax.set_ylim(max(0.0, np.floor((lo - 3) / 5) * 5), 101.5)
     ax.set_xticks(fx, [f"{w}-way {s}-shot" for w, s in configs])
     ax.set_xlim(-0.6, len(configs) - 0.4)
     ax.grid(axis="x", visible=False)
@@ -553,7 +645,9 @@ def _summary_figure(nc: pd.DataFrame, fewshot: pd.DataFrame, backbones: Sequence
 # -------------------------------------------------------------------------------------------------- entry
 
 
-def make_figures(nc_csv: Path, train_logs: Sequence[Path], fewshot: Sequence[Path], out_dir: Path) -> list[Path]:
+def make_figures(
+    nc_csv: Path, train_logs: Sequence[Path], fewshot: Sequence[Path], out_dir: Path
+) -> list[Path]:
     """Write every figure of :data:`FIGURE_NAMES` as PNG and PDF into ``out_dir``.
 
     Returns the written paths, ``{name}.png`` then ``{name}.pdf`` for each name in :data:`FIGURE_NAMES` order.
@@ -563,7 +657,7 @@ def make_figures(nc_csv: Path, train_logs: Sequence[Path], fewshot: Sequence[Pat
     nc = read_nc_metrics(Path(nc_csv))
     logs = read_train_logs([Path(p) for p in train_logs])
     shots = read_fewshot([Path(p) for p in fewshot])
-    backbones = _ordered_unique([*nc["backbone"], *logs["backbone"], *shots["backbone"]])
+    backbones = backbone_order(nc, logs, shots)
     colors = _colors(backbones)
 
     out_dir = Path(out_dir)

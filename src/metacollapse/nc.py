@@ -124,18 +124,30 @@ def _as_classifier(
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Batched kernels: h [E, n, d]; one class layout (inv [n], counts [C]) shared by the E problems
+# Batched kernels: h [E, n, d] with rows grouped by class in class order (inv [n] non-decreasing, counts [C]),
+# one class layout shared by the E problems
 # ------------------------------------------------------------------------------------------------------------
-def _averaging_matrix(inv: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """``A [n, C]`` with ``A[i, c] = 1/n_c`` if sample i is in class c: ``A.T @ h`` are the class means."""
-    a = np.zeros((inv.shape[0], counts.shape[0]))
-    a[np.arange(inv.shape[0]), inv] = 1.0 / counts[inv]
-    return a
+def _class_sums(x: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per-class sums along axis 1 of ``x [E, n, ...]`` whose rows are grouped by class: ``[E, C, ...]``."""
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return np.add.reduceat(x, starts, axis=1)
 
 
-def _class_means(h: np.ndarray, inv: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def _class_means(h: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Class means ``mu [E, C, d]`` (plain per-class average of the samples)."""
-    return np.matmul(_averaging_matrix(inv, counts).T, h)
+    return _class_sums(h, counts) / counts[None, :, None]
+
+
+def _group_by_class(
+    features: np.ndarray, labels: object, name: str = "labels"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Sort rows by class (stable): ``(classes, h [1, N, d] grouped, inv [N] non-decreasing, counts [C])``.
+
+    Every metric is invariant to the order of the samples, so grouping changes no value.
+    """
+    classes, inv, counts = _encode_labels(labels, features.shape[0], name)
+    order = np.argsort(inv, kind="stable")
+    return classes, features[order][None], inv[order], counts
 
 
 def _centred_means(mu: np.ndarray) -> np.ndarray:
@@ -155,8 +167,7 @@ def _feature_metrics(h: np.ndarray, inv: np.ndarray, counts: np.ndarray) -> dict
     """All of FEATURE_METRICS for each of the E problems in ``h [E, n, d]``; each value has shape ``[E]``."""
     _, n, d = h.shape
     c = counts.shape[0]
-    avg = _averaging_matrix(inv, counts)
-    mu = np.matmul(avg.T, h)  # [E, C, d] class means
+    mu = _class_means(h, counts)  # [E, C, d] class means
     m = _centred_means(mu)  # [E, C, d] rows mu_c - mu_G
     resid = h - mu[:, inv, :]  # [E, n, d] within-class residuals h_i - mu_{y_i}
     sq_resid = np.einsum("end,end->en", resid, resid)  # ||h_i - mu_{y_i}||^2
@@ -209,7 +220,7 @@ def _feature_metrics(h: np.ndarray, inv: np.ndarray, counts: np.ndarray) -> dict
         # --- CDNV = mean over unordered pairs of (Var_c + Var_c') / (2 ||mu_c - mu_c'||^2) ------------------
         # Var_c = (1/n_c) sum_{i in c} ||h_i - mu_c||^2 (per-class mean, ddof=0). Squared distances come from
         # the Gram matrix of the centred means (centring first keeps the cancellation error small).
-        var_c = np.matmul(sq_resid, avg)  # [E, C]
+        var_c = _class_sums(sq_resid, counts) / counts[None, :]  # [E, C]
         sq_norm = np.einsum("ecc->ec", gram)
         dist2 = np.maximum(sq_norm[:, iu] + sq_norm[:, ju] - 2.0 * gram[:, iu, ju], 0.0)
         cdnv = ((var_c[:, iu] + var_c[:, ju]) / (2.0 * dist2)).mean(axis=1)
@@ -239,9 +250,11 @@ def _classifier_metrics(h: np.ndarray, mu: np.ndarray, w: np.ndarray, b: np.ndar
         m_unit = m / np.sqrt(np.sum(m**2, axis=(1, 2)))[:, None, None]
         nc3 = np.sum((w_unit - m_unit) ** 2, axis=(1, 2))
     # NC4: fraction of samples where the classifier's argmax(h W^T + b) differs from the nearest class mean in
-    # Euclidean distance; argmin_c ||h - mu_c||^2 = argmax_c (2 h.mu_c - ||mu_c||^2) (||h||^2 is common).
+    # Euclidean distance; argmin_c ||h - mu_c||^2 = argmax_c (2 h.mu_c - ||mu_c||^2) (||h||^2 is common),
+    # evaluated after translating by mu_G (distances unchanged, less cancellation far from the origin).
     pred_linear = np.argmax(np.matmul(h, np.swapaxes(w, 1, 2)) + b[:, None, :], axis=2)
-    ncc_score = 2.0 * np.matmul(h, np.swapaxes(mu, 1, 2)) - np.sum(mu**2, axis=2)[:, None, :]
+    h_c = h - mu.mean(axis=1, keepdims=True)
+    ncc_score = 2.0 * np.matmul(h_c, np.swapaxes(m, 1, 2)) - np.sum(m**2, axis=2)[:, None, :]
     pred_ncc = np.argmax(ncc_score, axis=2)
     nc4 = np.mean(pred_linear != pred_ncc, axis=1)
     return {"nc3": nc3, "nc4": nc4.astype(np.float64)}
@@ -278,12 +291,11 @@ def nc_metrics(
     classes, mismatched lengths, non-finite features and classifier arrays of the wrong shape.
     """
     h = _as_features(features)
-    _, inv, counts = _encode_labels(labels, h.shape[0])
-    h3 = h[None]
+    _, h3, inv, counts = _group_by_class(h, labels)
     out = _feature_metrics(h3, inv, counts)
     if weights is not None:
         w, b = _as_classifier(weights, bias, counts.shape[0], h.shape[1])
-        out.update(_classifier_metrics(h3, _class_means(h3, inv, counts), w[None], b[None]))
+        out.update(_classifier_metrics(h3, _class_means(h3, counts), w[None], b[None]))
     elif bias is not None:
         raise ValueError("bias given without weights")
     return _to_floats(out)
@@ -306,16 +318,14 @@ def protonet_nc(
     hq = _as_features(features)
     if hs.shape[1] != hq.shape[1]:
         raise ValueError(f"support has d={hs.shape[1]} but features have d={hq.shape[1]}")
-    cls_s, inv_s, counts_s = _encode_labels(support_labels, hs.shape[0], "support_labels")
-    cls_q, inv_q, counts_q = _encode_labels(labels, hq.shape[0])
+    cls_s, hs3, _, counts_s = _group_by_class(hs, support_labels, "support_labels")
+    cls_q, hq3, _, counts_q = _group_by_class(hq, labels)
     if cls_s.shape != cls_q.shape or not np.array_equal(cls_s, cls_q):
         raise ValueError(
             f"support_labels and labels must hold the same classes; got {cls_s.tolist()} and {cls_q.tolist()}"
         )
-    prototypes = _class_means(hs[None], inv_s, counts_s)
-    w, b = _protonet_classifier(prototypes)
-    hq3 = hq[None]
-    return _to_floats(_classifier_metrics(hq3, _class_means(hq3, inv_q, counts_q), w, b))
+    w, b = _protonet_classifier(_class_means(hs3, counts_s))  # prototypes = support class means
+    return _to_floats(_classifier_metrics(hq3, _class_means(hq3, counts_q), w, b))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -388,11 +398,11 @@ def _episodic_values(
     if batched:
         hs, inv_s, counts_s, _, _ = sup
         hq, inv_q, counts_q, _, _ = qry
-        w, b = _protonet_classifier(_class_means(hs, inv_s, counts_s))
+        w, b = _protonet_classifier(_class_means(hs, counts_s))
         return {
             "support": _feature_metrics(hs, inv_s, counts_s),
             "query": _feature_metrics(hq, inv_q, counts_q),
-            "protonet": _classifier_metrics(hq, _class_means(hq, inv_q, counts_q), w, b),
+            "protonet": _classifier_metrics(hq, _class_means(hq, counts_q), w, b),
         }
     # Fallback: episodes of unequal layout, one at a time through the public functions.
     per_set: dict[str, list[dict[str, float]]] = {"support": [], "query": [], "protonet": []}

@@ -7,6 +7,7 @@ from snakemake.utils import validate
 validate(config, schema="../schemas/config.schema.yaml")
 
 # All paths are relative to the working directory (the repo root): data/, results/, logs/.
+CONDA_ENV = "../../environment.yml"  # the one environment every rule runs in
 RAW_ZIPS = ["images_background.zip", "images_evaluation.zip"]
 SPLITS = ["train", "val", "trainval", "test"]
 BACKBONES = list(config["backbones"])

@@ -10,6 +10,8 @@ rule probes:
         spec=json.dumps(
             {"seed": config["features"]["seed"], "probes": config["features"]["probes"]}, sort_keys=True
         ),
+    conda:
+        CONDA_ENV
     log:
         "logs/probes.log",
     shell:
@@ -30,6 +32,8 @@ rule dump_features:
     threads: 2
     resources:
         gpu=1,
+    conda:
+        CONDA_ENV
     log:
         "logs/dump_features/{backbone}/epoch_{epoch}.log",
     shell:
@@ -43,6 +47,8 @@ rule nc_metrics:
         "results/{backbone}/features/epoch_{epoch}.npz",
     output:
         "results/{backbone}/nc/epoch_{epoch}.csv",
+    conda:
+        CONDA_ENV
     log:
         "logs/nc_metrics/{backbone}/epoch_{epoch}.log",
     shell:
@@ -54,6 +60,8 @@ rule aggregate_nc:
         [f"results/{b}/nc/epoch_{e:03d}.csv" for b in BACKBONES for e in FEATURE_EPOCHS],
     output:
         "results/nc_metrics.csv",
+    conda:
+        CONDA_ENV
     log:
         "logs/aggregate_nc.log",
     shell:

@@ -12,6 +12,8 @@ rule figures:
             for name in FIGURES
         ],
         pdf=[f"results/figures/{name}.pdf" for name in FIGURES],
+    conda:
+        CONDA_ENV
     log:
         "logs/figures.log",
     shell:

@@ -14,6 +14,8 @@ rule train:
     threads: 4
     resources:
         gpu=1,
+    conda:
+        CONDA_ENV
     log:
         "logs/train/{backbone}.log",
     shell:
@@ -36,6 +38,8 @@ rule evaluate:
     threads: 4
     resources:
         gpu=1,
+    conda:
+        CONDA_ENV
     log:
         "logs/evaluate/{backbone}.log",
     shell:

@@ -1,0 +1,61 @@
+"""The install surfaces agree: pyproject.toml, environment.yml, the console script, the README and CI."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+
+import yaml
+
+# conda-forge names the torch package differently; everything else is the same name on both sides.
+CONDA_NAMES = {"pytorch": "torch"}
+
+
+def requirement_name(spec: str) -> str:
+    return re.split(r"[<>=!~\[; ]", spec.strip(), maxsplit=1)[0].lower()
+
+
+def test_environment_yml_and_pyproject_name_the_same_dependencies(repo_root):
+    pyproject = tomllib.loads((repo_root / "pyproject.toml").read_text())
+    pip_deps = {requirement_name(d) for d in pyproject["project"]["dependencies"]}
+    env = yaml.safe_load((repo_root / "environment.yml").read_text())
+    conda_deps = {
+        CONDA_NAMES.get(requirement_name(d), requirement_name(d))
+        for d in env["dependencies"]
+        if isinstance(d, str)
+    } - {"python", "pip"}
+    assert conda_deps == pip_deps
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert "-e ." in pip_section
+
+
+def test_required_dependencies_are_declared(repo_root):
+    pyproject = tomllib.loads((repo_root / "pyproject.toml").read_text())
+    declared = {requirement_name(d) for d in pyproject["project"]["dependencies"]}
+    assert {"snakemake", "torch", "torchvision", "dvc", "numpy", "pandas", "matplotlib"} <= declared
+
+
+def test_console_script_lists_every_stage():
+    result = subprocess.run([sys.executable, "-m", "metacollapse.cli", "--help"], capture_output=True, text=True)
+    for command in ("download", "prepare", "data-info", "train", "evaluate", "dump-features", "nc", "figures"):
+        assert command in result.stdout
+
+
+def test_ci_runs_the_readme_install_and_test_commands(repo_root):
+    readme = (repo_root / "README.md").read_text()
+    ci = (repo_root / ".ci" / "run").read_text()
+    quick_start = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"```(?:bash|sh)?\n(.*?)```", quick_start, flags=re.S)
+    assert len(commands) == 2, "the quick start has exactly two set-up commands"
+    install_and_run, test = (c.strip() for c in commands)
+    install = install_and_run.split("&& snakemake")[0].strip()
+    assert "snakemake --cores all" in install_and_run
+    assert install in ci, f"CI does not install as the README says: {install!r}"
+    assert test in ci, f"CI does not run the README's test command: {test!r}"
+
+
+def test_the_package_never_imports_snakemake(repo_root):
+    for path in (repo_root / "src" / "metacollapse").glob("*.py"):
+        assert not re.search(r"^\s*(import|from)\s+snakemake", path.read_text(), flags=re.M), path
