@@ -97,3 +97,16 @@ def synthetic_data(tmp_path) -> Path:
         names = [f"Synthetic/character{c:02d}/rot000" for c in range(1, classes + 1)]
         (out / f"{split}_classes.txt").write_text("\n".join(names) + "\n")
     return out
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory, prepared_workspace) -> Path:
+    """The whole quick preset run once per test session (every stage, both backbones) on the real data.
+
+    Tests that only read its outputs share it; tests that change it make their own copy.
+    """
+    workdir = make_workspace(tmp_path_factory.mktemp("quick_run"))
+    for stage in ("raw", "processed"):
+        shutil.copytree(prepared_workspace / "data" / stage, workdir / "data" / stage, copy_function=os.link)
+    snakemake(workdir, "--configfile", "config/quick.yaml")
+    return workdir

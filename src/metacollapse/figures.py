@@ -19,15 +19,14 @@ Backbone names are never hard-coded: they are taken from the data, in order of f
 
 The output is deterministic (same inputs give the same bytes): the matplotlib style is reset to its defaults,
 the PNG/PDF metadata that carry a version or a date are dropped, and the SVG hash salt is fixed.
-Every file is written atomically (temporary file in the same folder, then ``os.replace``).
+Every file is written atomically (temporary file in the same folder, then ``os.replace``, through
+:mod:`metacollapse.atomic`).
 The plotting uses :class:`matplotlib.figure.Figure` directly (Agg rendering), never ``pyplot``,
 so it does not touch the process-wide backend and leaks no figures.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
+
+from metacollapse.atomic import atomic_path
 
 __all__ = [
     "FIGURE_NAMES",
@@ -288,7 +289,7 @@ def read_train_logs(paths: Sequence[Path]) -> pd.DataFrame:
     for path in paths:
         df = _read_csv(Path(path), TRAIN_LOG_COLUMNS, "training log")
         df = df.drop_duplicates("epoch", keep="last").sort_values("epoch", kind="stable")
-        df.insert(0, "backbone", Path(path).resolve().parent.name)
+        df.insert(0, "backbone", Path(path).absolute().parent.name)
         frames.append(df)
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in ["backbone", *TRAIN_LOG_COLUMNS]})
@@ -321,18 +322,12 @@ def backbone_order(nc: pd.DataFrame, logs: pd.DataFrame, fewshot: pd.DataFrame) 
 
 
 def _save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
-    """Write ``fig`` as ``{name}.png`` and ``{name}.pdf`` atomically; returns both paths."""
+    """Write ``fig`` as ``{name}.png`` and ``{name}.pdf`` atomically (:func:`metacollapse.atomic.atomic_path`)."""
     written = []
     for ext, metadata in (("png", _PNG_METADATA), ("pdf", _PDF_METADATA)):
         target = out_dir / f"{name}.{ext}"
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".{ext}.tmp", dir=out_dir)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fig.savefig(fh, format=ext, dpi=DPI, metadata=metadata)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, format=ext, dpi=DPI, metadata=metadata)
         written.append(target)
     return written
 
