@@ -289,8 +289,10 @@ def test_failed_job_reports_its_slurm_log_and_rerun_resumes(slurm_run, mirror, t
     nc_dir = workdir / "results" / backbone / "nc"
     removed = sorted(nc_dir.glob("epoch_*.csv"))
     assert nc_dir / "epoch_002.csv" in removed
-    for csv_file in removed:
-        csv_file.unlink()  # nc_metrics jobs to redo; the one for epoch 002 will fail
+    # nc_metrics jobs to redo (the one for epoch 002 will fail); without the aggregate their outputs are
+    # needed again (Snakemake does not recreate intermediate files that nothing up to date needs).
+    for csv_file in [*removed, workdir / "results" / "nc_metrics.csv"]:
+        csv_file.unlink()
     finished_before = {p: p.stat().st_mtime_ns for p in (workdir / "results").rglob("*.pt")}
 
     # A broken `metacollapse nc` for one epoch, in front of the real one on the jobs' PATH.

@@ -42,6 +42,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from metacollapse.atomic import atomic_path
+from metacollapse.nc import CLASSIFIER_METRICS, FEATURE_METRICS
 
 __all__ = [
     "FIGURE_NAMES",
@@ -55,19 +56,8 @@ __all__ = [
     "use_log_scale",
 ]
 
-#: The NC metrics that get a figure of their own, in display order.
-NC_METRICS: tuple[str, ...] = (
-    "nc1",
-    "nc1_quotient",
-    "nc2_equinorm",
-    "nc2_equiangularity",
-    "nc2_maxangle",
-    "nc2_etf",
-    "nc2_etf_rownorm",
-    "cdnv",
-    "nc3",
-    "nc4",
-)
+#: The NC metrics that get a figure of their own, in display order (the order of the NC table).
+NC_METRICS: tuple[str, ...] = (*FEATURE_METRICS, *CLASSIFIER_METRICS)
 
 #: Every figure written by :func:`make_figures` (``{name}.png`` and ``{name}.pdf``), and every caption
 #: ``workflow/report/{name}.rst``.

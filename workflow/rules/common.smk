@@ -3,6 +3,8 @@ import json
 
 from snakemake.utils import validate
 
+from metacollapse.figures import FIGURE_NAMES
+
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -13,20 +15,7 @@ SPLITS = ["train", "val", "trainval", "test"]
 BACKBONES = list(config["backbones"])
 EPOCHS = list(range(1, config["train"]["epochs"] + 1))
 FEATURE_EPOCHS = EPOCHS if config["features"]["epochs"] == "all" else sorted(config["features"]["epochs"])
-FIGURES = [
-    "nc1",
-    "nc1_quotient",
-    "nc2_equinorm",
-    "nc2_equiangularity",
-    "nc2_maxangle",
-    "nc2_etf",
-    "nc2_etf_rownorm",
-    "cdnv",
-    "nc3",
-    "nc4",
-    "training",
-    "summary",
-]
+FIGURES = list(FIGURE_NAMES)  # one source of truth: the figures module draws exactly these
 
 if max(FEATURE_EPOCHS) > config["train"]["epochs"]:
     raise ValueError(
