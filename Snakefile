@@ -19,9 +19,11 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/dvc.smk"
 
 
 rule all:
     default_target: True
     input:
         all_targets(),
+        rules.dvc_summary.output,

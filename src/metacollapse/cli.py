@@ -109,6 +109,39 @@ def cmd_figures(args: argparse.Namespace) -> None:
         log.info("wrote %s", path)
 
 
+def cmd_dvc_yaml(args: argparse.Namespace) -> None:
+    from metacollapse.dvc import check_dvc_yaml, write_dvc_yaml
+
+    if args.check:
+        check_dvc_yaml(args.out, args.config)
+        log.info("%s is current", args.out)
+    else:
+        log.info("wrote %s", write_dvc_yaml(args.out, args.config))
+
+
+def cmd_dvc_summary(args: argparse.Namespace) -> None:
+    from metacollapse.dvc import write_metrics_summary
+
+    for path in write_metrics_summary(args.nc, args.fewshot, args.train_logs, args.metrics, args.plots_dir):
+        log.info("wrote %s", path)
+
+
+def cmd_dvc_settle(args: argparse.Namespace) -> None:
+    from metacollapse.dvc import repair, settle
+
+    if args.repair:
+        for path in repair(jobs=args.jobs):
+            log.warning("removed %s", path)
+        return
+    settle(verify=not args.no_verify, force=args.force, jobs=args.jobs)
+
+
+def cmd_dvc_pull(args: argparse.Namespace) -> None:
+    from metacollapse.dvc import pull
+
+    pull(targets=args.targets, remote=args.remote, jobs=args.jobs, verify=not args.no_verify)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metacollapse", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
@@ -179,6 +212,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-logs", type=Path, nargs="+", required=True)
     p.add_argument("--fewshot", type=Path, nargs="+", required=True)
     p.add_argument("--out-dir", type=Path, required=True)
+
+    p = add("dvc-yaml", cmd_dvc_yaml, "Write dvc.yaml from the config (or, with --check, fail if it is stale).")
+    p.add_argument("--config", type=Path, default=Path("config/config.yaml"))
+    p.add_argument("--out", type=Path, default=Path("dvc.yaml"))
+    p.add_argument("--check", action="store_true", help="compare instead of writing; exit status 2 if they differ")
+
+    p = add("dvc-summary", cmd_dvc_summary, "Write the DVC metrics (JSON) and plot tables from the pipeline tables.")
+    p.add_argument("--nc", type=Path, required=True)
+    p.add_argument("--train-logs", type=Path, nargs="+", required=True)
+    p.add_argument("--fewshot", type=Path, nargs="+", required=True)
+    p.add_argument("--metrics", type=Path, required=True)
+    p.add_argument("--plots-dir", type=Path, required=True)
+
+    p = add(
+        "dvc-settle",
+        cmd_dvc_settle,
+        "After dvc pull/checkout/commit: verify outputs against dvc.lock, then make Snakemake see them up to date.",
+    )
+    p.add_argument("--no-verify", action="store_true", help="skip re-hashing the outputs")
+    p.add_argument("--force", action="store_true", help="touch even if `dvc status` is not clean")
+    p.add_argument("--repair", action="store_true", help="delete corrupted cache objects and their checkouts")
+    p.add_argument("--jobs", type=int, default=None, help="parallel hashing / transfer jobs")
+
+    p = add("dvc-pull", cmd_dvc_pull, "dvc pull, then dvc-settle (verify, touch, Snakemake metadata).")
+    p.add_argument("targets", nargs="*", help="stages or paths (default: everything; a partial pull is not settled)")
+    p.add_argument("--remote", default=None)
+    p.add_argument("--no-verify", action="store_true", help="skip re-hashing the outputs")
+    p.add_argument("--jobs", type=int, default=None, help="parallel hashing / transfer jobs")
     return parser
 
 

@@ -62,4 +62,8 @@ def all_targets():
     targets = [f"results/figures/{name}.{ext}" for name in FIGURES for ext in ("png", "pdf")]
     targets += ["results/nc_metrics.csv"]
     targets += [f"results/{b}/fewshot_accuracy.csv" for b in BACKBONES]
+    # Per-epoch files are named targets so that a deleted one is recomputed even though the aggregate table
+    # built from it still exists (Snakemake does not regenerate missing intermediates otherwise).
+    targets += [f"results/{b}/features/epoch_{e:03d}.npz" for b in BACKBONES for e in FEATURE_EPOCHS]
+    targets += [f"results/{b}/nc/epoch_{e:03d}.csv" for b in BACKBONES for e in FEATURE_EPOCHS]
     return targets
