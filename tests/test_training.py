@@ -104,3 +104,10 @@ def test_asking_for_cuda_without_one_is_an_error(synthetic_data, tmp_path, monke
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="no CUDA device"):
         train(params(epochs=1), synthetic_data, tmp_path / "run", device="cuda")
+
+
+def test_a_shorter_rerun_leaves_no_checkpoints_of_the_longer_one(synthetic_data, tmp_path):
+    train(params(epochs=3), synthetic_data, tmp_path / "run", device="cpu")
+    train(params(epochs=2), synthetic_data, tmp_path / "run", device="cpu")
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == ["epoch_001.pt", "epoch_002.pt"]

@@ -369,6 +369,10 @@ def publish(state_dir: Path, out_dir: Path, epochs: int) -> pd.DataFrame:
     """
     checkpoints = out_dir / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
+    # A persisted folder (DVC `persist: true`) may hold epochs of an earlier, longer run: they are not this run's.
+    for stale in checkpoints.glob("epoch_[0-9][0-9][0-9].pt"):
+        if int(stale.stem.split("_")[1]) > epochs:
+            stale.unlink()
     last = load_checkpoint(state_dir / checkpoint_name(epochs))
     for epoch in range(1, epochs + 1):
         source, target = state_dir / checkpoint_name(epoch), checkpoints / checkpoint_name(epoch)
