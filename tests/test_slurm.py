@@ -43,6 +43,8 @@ SCRUBBED_ENV = ("SBATCH_", "SLURM_", "SALLOC_", "SRUN_", "SNAKEMAKE_PROFILE", "M
 # after 2 s instead of 40 s. Both are executor options a real cluster does not need.
 SLURM_TEST_FLAGS = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2"]
 RUN_TIMEOUT = 3600
+# Rules that declare `resources: gpu=1`.
+GPU_RULES = {"train", "evaluate", "dump_features"}
 
 
 def _selected(config: pytest.Config) -> bool:
@@ -194,14 +196,20 @@ def local_run(tmp_path_factory, mirror) -> Path:
 
 
 @pytest.fixture(scope="session")
-def slurm_run(tmp_path_factory, slurm_cluster, mirror) -> tuple[Path, str]:
+def slurm_run(tmp_path_factory, slurm_cluster, mirror) -> tuple[Path, str, dict[str, tuple[str, str]]]:
+    """The SLURM run, its output, and {SLURM job id: (rule, the job's record in slurmctld)}."""
     workdir = make_workspace(tmp_path_factory.mktemp("slurm"))
     code, output, seconds = snakemake(
         workdir, "--profile", "workflow/profiles/slurm", *SLURM_TEST_FLAGS, *quick_args(mirror)
     )
     assert code == 0, f"SLURM run failed:\n{failure_report(output, workdir)}"
     print(f"\nSLURM run: {seconds:.0f}s")
-    return workdir, output
+    # Read the jobs back from the controller now, while it still lists them (MinJobAge=600 s).
+    jobs = {}
+    for jobid, rule in re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_(\w+)/", output):
+        record = subprocess.run(["scontrol", "-o", "show", "job", jobid], capture_output=True, text=True)
+        jobs[jobid] = (rule, record.stdout)
+    return workdir, output, jobs
 
 
 # --- comparing two result trees -------------------------------------------------------------------------
@@ -269,14 +277,29 @@ def compare_results(reference: Path, other: Path) -> list[str]:
 
 
 def test_quick_preset_on_slurm_matches_local_run(slurm_run, local_run):
-    workdir, output = slurm_run
-    # Every job went through sbatch (nothing ran on the submit host except the `all` target), GPU rules
-    # with a GPU request.
-    submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+)", output)
-    rules = [r for r in executed_rules(output) if r != "all"]
-    assert len(submitted) == len(rules) > 0, output[-4000:]
-    for rule in ("train", "evaluate", "dump_features"):
-        assert rule in rules
+    workdir, output, jobs = slurm_run
+    # Every job went through sbatch (local rules such as `all` aside), and SLURM gave exactly the GPU rules
+    # a GPU, with as many CPUs as the rule has threads.
+    remote_rules = re.findall(r"^rule (\w+):$", output, flags=re.MULTILINE)
+    assert sorted(rule for rule, _ in jobs.values()) == sorted(remote_rules), output[-4000:]
+    assert set(remote_rules) >= GPU_RULES
+    # Snakemake job id -> cpus_per_task from the job's block, SLURM job id -> Snakemake job id.
+    blocks = re.findall(r"^rule \w+:\n((?:    .*\n)+)", output, re.MULTILINE)
+    cpus = {
+        re.search(r"^    jobid: (\d+)$", b, re.M).group(1): re.search(r"cpus_per_task=(\d+)", b).group(1)
+        for b in blocks
+    }
+    snakemake_id = {
+        slurm: job for job, slurm in re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+)", output)
+    }
+    for jobid, (rule, record) in jobs.items():
+        assert "JobState=COMPLETED" in record, f"job {jobid} ({rule}): {record}"
+        assert f"CPUs/Task={cpus[snakemake_id[jobid]]} " in record, f"job {jobid} ({rule}): {record}"
+        gpus = re.search(r"TresPerJob=\S*gres:gpu:(\d+)", record)
+        if rule in GPU_RULES:
+            assert gpus and gpus.group(1) == "1", f"job {jobid} ({rule}) has no GPU: {record}"
+        else:
+            assert gpus is None, f"job {jobid} ({rule}) got a GPU: {record}"
     compared = compare_results(local_run, workdir)
     assert "results/nc_metrics.csv" in compared
     assert any(p.endswith("fewshot_accuracy.csv") for p in compared)
@@ -284,7 +307,7 @@ def test_quick_preset_on_slurm_matches_local_run(slurm_run, local_run):
 
 
 def test_failed_job_reports_its_slurm_log_and_rerun_resumes(slurm_run, mirror, tmp_path):
-    source, _ = slurm_run
+    source, _, _ = slurm_run
     workdir = tmp_path / "work"
     shutil.copytree(source, workdir, symlinks=True)  # copy2 keeps mtimes, so nothing looks outdated
     backbone = next(iter(yaml.safe_load((workdir / "config" / "config.yaml").read_text())["backbones"]))

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034
 # Shared settings for the throw-away one-node SLURM cluster used by tests/test_slurm.py.
 # Sourced by install.sh, start.sh and stop.sh; not meant to be run on its own.
 #

@@ -2,14 +2,15 @@
 # Start a one-node SLURM cluster on localhost for tests: munged, slurmctld and slurmd, run as plain
 # background daemons (no systemd), with their pid/log/state files under $METACOLLAPSE_SLURM_DIR
 # (default /tmp/metacollapse-slurm). The node advertises one fake GPU as a generic resource
-# (gres gpu:1, no device file), so jobs submitted with `--gpus=1` schedule on a CPU-only machine.
+# (gres gpu:1 backed by /dev/null), so jobs submitted with `--gpus=1` schedule on a CPU-only machine,
+# one at a time, and run on the CPU. Writes /etc/slurm/slurm.conf and gres.conf (see common.sh).
 #
 # Idempotent: when the cluster is already up it only checks that the node is idle and exits 0.
 # Usage: tests/slurm/start.sh [--no-install] [--timeout SECONDS]
 # Stop it with tests/slurm/stop.sh.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 . "$here/common.sh"
 
 install=1

@@ -4,7 +4,7 @@
 # wrote, and delete $METACOLLAPSE_SLURM_DIR unless --keep-state. Idempotent; safe when nothing runs.
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 . "$here/common.sh"
 
 keep_state=0
@@ -12,8 +12,14 @@ keep_state=0
 
 ours=0
 grep -qxF "$MC_SLURM_MARKER" "$MC_SLURM_CONF" 2>/dev/null && ours=1
+# Cancel what still runs and give slurmd a moment to kill the job steps: slurmstepd processes outlive
+# slurmd, so stopping the daemons first could leave a job's processes behind.
 if [ $ours -eq 1 ] && mc_pid_alive "$MC_SLURM_DIR/slurmctld.pid" slurmctld; then
-  timeout 10 scancel --quiet --user="$(id -un)" >/dev/null 2>&1 || true
+  timeout 10 scancel --quiet --partition="$MC_PARTITION" >/dev/null 2>&1 || true
+  for _ in $(seq 30); do
+    [ -z "$(timeout 5 squeue -h -t running,completing,pending -o %i 2>/dev/null)" ] && break
+    sleep 0.5
+  done
 fi
 
 stop_pid() {  # pidfile program
