@@ -105,11 +105,8 @@ def slurm_cluster(request):
 
 
 @pytest.fixture(scope="session")
-def mirror() -> Path:
-    path = Path(os.environ.get("METACOLLAPSE_OMNIGLOT_MIRROR", REPO.parent / "shared" / "data" / "omniglot"))
-    if not (path / "SHA256SUMS").is_file():
-        pytest.fail(f"Omniglot mirror not found at {path}; set METACOLLAPSE_OMNIGLOT_MIRROR")
-    return path.resolve()
+def mirror(omniglot_mirror: Path) -> Path:
+    return omniglot_mirror  # the shared lookup in conftest.py
 
 
 def workflow_files() -> list[str]:

@@ -143,9 +143,14 @@ def checkpoint_name(epoch: int) -> str:
     return f"epoch_{epoch:03d}.pt"
 
 
-def run_fingerprint(params: TrainParams, data_files: list[Path]) -> str:
-    """Hash of the parameters and the bytes of the data a run trains and validates on."""
+def run_fingerprint(params: TrainParams, data_files: list[Path], device_type: str) -> str:
+    """Hash of the parameters, the device type and the bytes of the data a run trains and validates on.
+
+    The device type is part of it because RNG states (the episode generator lives on the device) do not carry
+    over between CPU and CUDA: state made on one is discarded, not resumed, on the other.
+    """
     digest = hashlib.sha256(json.dumps(params.as_dict(), sort_keys=True).encode())
+    digest.update(device_type.encode())
     for path in data_files:
         digest.update(sha256_file(path).encode())
     return digest.hexdigest()
@@ -249,7 +254,7 @@ def train(
     dev = resolve_device(device)
     state_dir = out_dir / "train_state"
     data_files = [Path(data_dir) / f"{params.split}.npy", Path(data_dir) / f"{params.val_split}.npy"]
-    fingerprint = run_fingerprint(params, data_files)
+    fingerprint = run_fingerprint(params, data_files, dev.type)
 
     train_array, _ = load_split(Path(data_dir), params.split)
     val_array, _ = load_split(Path(data_dir), params.val_split)
