@@ -16,25 +16,38 @@ import pandas as pd
 import torch
 
 from metacollapse.atomic import atomic_path
-from metacollapse.episodes import EpisodeSpec, check_spec, fixed_episode_indices, gather_episode
-from metacollapse.protonet import embed_episode, episode_loss
+from metacollapse.episodes import EpisodeIndices, EpisodeSpec, check_spec, fixed_episode_indices, gather_episode
+from metacollapse.protonet import bf16_autocast, embed_episode, episode_loss
 
 EVAL_COLUMNS = ["backbone", "n_way", "n_shot", "n_query", "episodes", "accuracy", "ci95"]
 
 
 @torch.no_grad()
+def score_episodes(
+    model: torch.nn.Module, split: torch.Tensor, spec: EpisodeSpec, indices: EpisodeIndices, bf16: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-episode loss and accuracy of ``model`` in eval mode over fixed episodes.
+
+    Both are float32 tensors on the split's device; nothing is copied to the host inside the loop.
+    """
+    model.eval()
+    losses = torch.empty(len(indices), device=split.device)
+    accuracies = torch.empty(len(indices), device=split.device)
+    for episode in range(len(indices)):
+        support, query = gather_episode(split, indices[episode], spec)
+        with bf16_autocast(split.device, bf16):
+            s, q = embed_episode(model, support, query)
+        losses[episode], accuracies[episode] = episode_loss(s.float(), q.float(), spec.n_way)
+    return losses, accuracies
+
+
 def fewshot_accuracy(
     model: torch.nn.Module, split: torch.Tensor, spec: EpisodeSpec, episodes: int, seed: int
 ) -> tuple[float, float]:
     """Mean accuracy over ``episodes`` fixed episodes and the half-width of its 95% confidence interval."""
-    model.eval()
     check_spec(spec, split.shape[0], split.shape[1], "evaluation")
     indices = fixed_episode_indices(split.shape[0], split.shape[1], spec, episodes, seed)
-    accuracies = torch.empty(episodes, dtype=torch.float64)
-    for episode in range(episodes):
-        support, query = gather_episode(split, indices[episode], spec)
-        s, q = embed_episode(model, support, query)
-        accuracies[episode] = episode_loss(s.float(), q.float(), spec.n_way)[1].double().cpu()
+    accuracies = score_episodes(model, split, spec, indices)[1].double().cpu()
     std = float(accuracies.std(unbiased=True)) if episodes > 1 else math.nan
     return float(accuracies.mean()), 1.96 * std / math.sqrt(episodes)
 

@@ -43,8 +43,9 @@ from metacollapse.episodes import (
     sample_episode_indices,
     split_to_device,
 )
+from metacollapse.evaluation import score_episodes
 from metacollapse.models import build_backbone
-from metacollapse.protonet import embed_episode, episode_loss
+from metacollapse.protonet import bf16_autocast, embed_episode, episode_loss
 
 log = logging.getLogger(__name__)
 
@@ -211,28 +212,6 @@ def _latest_state(state_dir: Path, fingerprint: str) -> dict[str, Any] | None:
     return checkpoint
 
 
-@torch.no_grad()
-def evaluate_episodes(
-    model: torch.nn.Module, split: torch.Tensor, spec: EpisodeSpec, indices, bf16: bool = False
-) -> tuple[float, float]:
-    """Mean loss and accuracy of ``model`` (in eval mode) over fixed episodes."""
-    model.eval()
-    losses, accuracies = [], []
-    for episode in range(len(indices)):
-        support, query = gather_episode(split, indices[episode], spec)
-        with _autocast(split.device, bf16):
-            s, q = embed_episode(model, support, query)
-        loss, accuracy = episode_loss(s.float(), q.float(), spec.n_way)
-        losses.append(loss)
-        accuracies.append(accuracy)
-    return float(torch.stack(losses).mean()), float(torch.stack(accuracies).mean())
-
-
-def _autocast(device: torch.device, bf16: bool):
-    # bf16 autocast only where it pays off and is numerically tested: CUDA. On CPU it stays float32 (bitwise).
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
-
-
 def _rng_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
     state = {"episodes": generator.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -307,7 +286,7 @@ def train(
         )
         for episode in bar:
             support, query = gather_episode(train_split, indices[episode], spec)
-            with _autocast(dev, params.bf16):
+            with bf16_autocast(dev, params.bf16):
                 s, q = embed_episode(model, support, query)
             loss, accuracy = episode_loss(s.float(), q.float(), spec.n_way)
             optimizer.zero_grad(set_to_none=True)
@@ -322,7 +301,8 @@ def train(
         train_loss = float(loss_sum) / params.episodes_per_epoch
         train_acc = float(acc_sum) / params.episodes_per_epoch
         train_seconds = time.perf_counter() - began
-        val_loss, val_acc = evaluate_episodes(model, val_split, params.val_episode, val_indices, params.bf16)
+        val_losses, val_accs = score_episodes(model, val_split, params.val_episode, val_indices, params.bf16)
+        val_loss, val_acc = float(val_losses.mean()), float(val_accs.mean())
         lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
         scheduler.step()  # once per epoch: halves the rate every `lr_decay_every` epochs
         row = {
