@@ -55,8 +55,10 @@ def real_mirror() -> Path:
     mirror = Path(env) if env else REPO_ROOT.parent / "shared" / "data" / "omniglot"
     missing = [name for name in (*ZIP_NAMES, "SHA256SUMS") if not (mirror / name).is_file()]
     if missing:
-        pytest.fail(f"real Omniglot mirror incomplete at {mirror} (missing {', '.join(missing)}); "
-                    f"set {MIRROR_ENV} to a folder with {', '.join(ZIP_NAMES)} and SHA256SUMS")
+        pytest.fail(
+            f"real Omniglot mirror incomplete at {mirror} (missing {', '.join(missing)}); "
+            f"set {MIRROR_ENV} to a folder with {', '.join(ZIP_NAMES)} and SHA256SUMS"
+        )
     return mirror.resolve()
 
 
@@ -173,8 +175,9 @@ def make_fake_omniglot(
         build_zip(mirror / zip_name, dirs + files)
     write_sha256sums(mirror, list(layout))
     splits_dir = write_split_lists(root / "splits", splits)
-    return FakeOmniglot(mirror=mirror, splits_dir=splits_dir, splits={k: list(v) for k, v in splits.items()},
-                        images=images)
+    return FakeOmniglot(
+        mirror=mirror, splits_dir=splits_dir, splits={k: list(v) for k, v in splits.items()}, images=images
+    )
 
 
 def reference_image(png: bytes, rotation: int) -> np.ndarray:

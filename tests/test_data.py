@@ -98,8 +98,11 @@ def test_upstream_constants_are_the_torchvision_pins() -> None:
 
 @pytest.mark.parametrize("form", ["folder", "file_url", "file_url_slash"])
 def test_download_from_local_mirror(fake: FakeOmniglot, tmp_path: Path, form: str) -> None:
-    mirror = {"folder": str(fake.mirror), "file_url": fake.mirror.as_uri(),
-              "file_url_slash": fake.mirror.as_uri() + "/"}[form]
+    mirror = {
+        "folder": str(fake.mirror),
+        "file_url": fake.mirror.as_uri(),
+        "file_url_slash": fake.mirror.as_uri() + "/",
+    }[form]
     out = tmp_path / "raw"
     paths = download_omniglot(out, mirror)
     assert paths == [out / name for name in ZIP_NAMES]
@@ -127,8 +130,9 @@ def test_download_replaces_corrupt_existing_file(fake: FakeOmniglot, tmp_path: P
     assert (out / ZIP_NAMES[0]).read_bytes() == fake.zips[0].read_bytes()
 
 
-def test_download_default_is_upstream_with_md5(fake: FakeOmniglot, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_default_is_upstream_with_md5(
+    fake: FakeOmniglot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The network is not used in tests: point the "upstream" at the fake folder and pin its md5s.
     monkeypatch.setattr(data, "UPSTREAM_URL", fake.mirror.as_uri() + "/")
     monkeypatch.setattr(data, "UPSTREAM_MD5", {p.name: hash_file(p, "md5") for p in fake.zips})
@@ -258,8 +262,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture
 def http_mirror(fake: FakeOmniglot) -> Iterator[tuple[str, type[_Handler]]]:
     handler = type("Handler", (_Handler,), {"truncate": set()})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                             functools.partial(handler, directory=str(fake.mirror)))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(fake.mirror)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -275,8 +278,9 @@ def test_download_over_http(fake: FakeOmniglot, http_mirror: tuple[str, type[_Ha
     assert [p.read_bytes() for p in paths] == [p.read_bytes() for p in fake.zips]
 
 
-def test_download_http_truncated_transfer(fake: FakeOmniglot, http_mirror: tuple[str, type[_Handler]],
-                                          tmp_path: Path) -> None:
+def test_download_http_truncated_transfer(
+    fake: FakeOmniglot, http_mirror: tuple[str, type[_Handler]], tmp_path: Path
+) -> None:
     url, handler = http_mirror
     handler.truncate.add(ZIP_NAMES[1])
     with pytest.raises(DataError) as err:
@@ -375,23 +379,38 @@ def test_prepare_missing_character(fake: FakeOmniglot, tmp_path: Path) -> None:
     raw = _raw_from(fake, tmp_path / "raw")
     splits = {**DEFAULT_SPLITS, "test": [*DEFAULT_SPLITS["test"], "Alpha/character07/rot090"]}
     write_split_lists(fake.splits_dir, splits)
-    _assert_fails_cleanly(raw, fake.splits_dir, tmp_path / "processed", "missing character",
-                          "Alpha/character07/rot090", "test.txt", "images_background.zip",
-                          "images_evaluation.zip")
+    _assert_fails_cleanly(
+        raw,
+        fake.splits_dir,
+        tmp_path / "processed",
+        "missing character",
+        "Alpha/character07/rot090",
+        "test.txt",
+        "images_background.zip",
+        "images_evaluation.zip",
+    )
 
 
 def test_prepare_missing_alphabet(fake: FakeOmniglot, tmp_path: Path) -> None:
     raw = _raw_from(fake, tmp_path / "raw")
     write_split_lists(fake.splits_dir, {**DEFAULT_SPLITS, "val": ["Delta/character01/rot000"]})
-    _assert_fails_cleanly(raw, fake.splits_dir, tmp_path / "processed", "missing character",
-                          "Delta/character01", "val.txt")
+    _assert_fails_cleanly(
+        raw, fake.splits_dir, tmp_path / "processed", "missing character", "Delta/character01", "val.txt"
+    )
 
 
 def test_prepare_wrong_image_count(tmp_path: Path) -> None:
     fake = make_fake_omniglot(tmp_path / "fake", images_per_character={"Gamma/character01": 19})
     raw = _raw_from(fake, tmp_path / "raw")
-    _assert_fails_cleanly(raw, fake.splits_dir, tmp_path / "processed", "images_evaluation.zip",
-                          "Gamma/character01", "19 images", "expected 20")
+    _assert_fails_cleanly(
+        raw,
+        fake.splits_dir,
+        tmp_path / "processed",
+        "images_evaluation.zip",
+        "Gamma/character01",
+        "19 images",
+        "expected 20",
+    )
 
 
 def test_prepare_wrong_image_size(tmp_path: Path) -> None:
@@ -399,21 +418,40 @@ def test_prepare_wrong_image_size(tmp_path: Path) -> None:
     fake = make_fake_omniglot(tmp_path / "fake", overrides={("Alpha/character02", 4): small})
     raw = _raw_from(fake, tmp_path / "raw")
     entry = fake.images["Alpha/character02"][4][1]
-    _assert_fails_cleanly(raw, fake.splits_dir, tmp_path / "processed", "images_background.zip", entry,
-                          "Alpha/character02", "104x105", "expected 105x105")
+    _assert_fails_cleanly(
+        raw,
+        fake.splits_dir,
+        tmp_path / "processed",
+        "images_background.zip",
+        entry,
+        "Alpha/character02",
+        "104x105",
+        "expected 105x105",
+    )
 
 
 def test_prepare_not_one_bit_image(tmp_path: Path) -> None:
     grey = png_bytes(np.full((105, 105), 200, dtype=np.uint8))
     fake = make_fake_omniglot(tmp_path / "fake", overrides={("Gamma/character01", 0): grey})
-    _assert_fails_cleanly(_raw_from(fake, tmp_path / "raw"), fake.splits_dir, tmp_path / "processed",
-                          fake.images["Gamma/character01"][0][1], "mode 'L'")
+    _assert_fails_cleanly(
+        _raw_from(fake, tmp_path / "raw"),
+        fake.splits_dir,
+        tmp_path / "processed",
+        fake.images["Gamma/character01"][0][1],
+        "mode 'L'",
+    )
 
 
 def test_prepare_undecodable_image(tmp_path: Path) -> None:
     fake = make_fake_omniglot(tmp_path / "fake", overrides={("Gamma/character01", 3): b"\x89PNG\r\n\x1a\nxx"})
-    _assert_fails_cleanly(_raw_from(fake, tmp_path / "raw"), fake.splits_dir, tmp_path / "processed",
-                          "images_evaluation.zip", fake.images["Gamma/character01"][3][1], "cannot decode")
+    _assert_fails_cleanly(
+        _raw_from(fake, tmp_path / "raw"),
+        fake.splits_dir,
+        tmp_path / "processed",
+        "images_evaluation.zip",
+        fake.images["Gamma/character01"][3][1],
+        "cannot decode",
+    )
 
 
 def test_prepare_truncated_zip(fake: FakeOmniglot, tmp_path: Path) -> None:
@@ -426,8 +464,7 @@ def test_prepare_truncated_zip(fake: FakeOmniglot, tmp_path: Path) -> None:
 def test_prepare_not_a_zip(fake: FakeOmniglot, tmp_path: Path) -> None:
     raw = _raw_from(fake, tmp_path / "raw")
     (raw / "images_background.zip").write_bytes(b"this is not a zip file" * 100)
-    _assert_fails_cleanly(raw, fake.splits_dir, tmp_path / "processed", "images_background.zip",
-                          "not a readable zip")
+    _assert_fails_cleanly(raw, fake.splits_dir, tmp_path / "processed", "images_background.zip", "not a readable zip")
 
 
 def test_prepare_corrupt_entry(fake: FakeOmniglot, tmp_path: Path) -> None:
@@ -452,15 +489,17 @@ def test_prepare_split_list_checksum_mismatch(fake: FakeOmniglot, tmp_path: Path
     val = fake.splits_dir / "val.txt"
     expected = sha256_file(val)
     val.write_text("Alpha/character02/rot000\n")
-    _assert_fails_cleanly(raw, fake.splits_dir, tmp_path / "processed", "checksum mismatch", str(val),
-                          expected, sha256_file(val))
+    _assert_fails_cleanly(
+        raw, fake.splits_dir, tmp_path / "processed", "checksum mismatch", str(val), expected, sha256_file(val)
+    )
 
 
 def test_prepare_split_list_without_checksum(fake: FakeOmniglot, tmp_path: Path) -> None:
     raw = _raw_from(fake, tmp_path / "raw")
     write_sha256sums(fake.splits_dir, ["train.txt", "val.txt", "trainval.txt"])
-    _assert_fails_cleanly(raw, fake.splits_dir, tmp_path / "processed", "test.txt", "no entry",
-                          sha256_file(fake.splits_dir / "test.txt"))
+    _assert_fails_cleanly(
+        raw, fake.splits_dir, tmp_path / "processed", "test.txt", "no entry", sha256_file(fake.splits_dir / "test.txt")
+    )
     (fake.splits_dir / "SHA256SUMS").unlink()
     _assert_fails_cleanly(raw, fake.splits_dir, tmp_path / "processed", "SHA256SUMS", "not found")
 
@@ -503,8 +542,13 @@ def test_data_info(processed: Path) -> None:
     assert json.loads(json.dumps(info)) == info  # the CLI prints it as JSON
     assert list(info) == ["train", "val", "trainval", "test"]
     for split, names in DEFAULT_SPLITS.items():
-        assert info[split] == {"classes": len(names), "images_per_class": 20, "image_shape": [28, 28],
-                               "dtype": "uint8", "class_names_match": True}
+        assert info[split] == {
+            "classes": len(names),
+            "images_per_class": 20,
+            "image_shape": [28, 28],
+            "dtype": "uint8",
+            "class_names_match": True,
+        }
 
 
 def test_data_info_ignores_temporaries_and_requires_splits(processed: Path, tmp_path: Path) -> None:

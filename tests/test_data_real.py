@@ -70,8 +70,7 @@ def test_data_info_real(prepared: Prepared) -> None:
     info = data_info(prepared.processed)
     assert {s: v["classes"] for s, v in info.items()} == EXPECTED_CLASSES
     for v in info.values():
-        assert v == {**v, "images_per_class": 20, "image_shape": [28, 28], "dtype": "uint8",
-                     "class_names_match": True}
+        assert v == {**v, "images_per_class": 20, "image_shape": [28, 28], "dtype": "uint8", "class_names_match": True}
     assert sorted(list_files(prepared.processed)) == sorted(
         f"{s}{ext}" for s in EXPECTED_CLASSES for ext in (".npy", "_classes.txt")
     )

@@ -94,8 +94,16 @@ _HEX_RE = re.compile(r"^[0-9a-fA-F]+$")
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60.0
 # Everything zipfile / zlib can raise on a damaged archive or entry.
-_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, zlib.error, NotImplementedError,
-               RuntimeError, ValueError)
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    EOFError,
+    OSError,
+    zlib.error,
+    NotImplementedError,
+    RuntimeError,
+    ValueError,
+)
 # Everything PIL can raise on a damaged image (PIL raises SyntaxError for some malformed PNG chunks).
 _IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
@@ -250,12 +258,18 @@ def download_omniglot(out_dir: Path, mirror: str | None = None) -> list[Path]:
                 log.info("%s already present and verified (%s %s)", target, algorithm, actual)
                 paths.append(target)
                 continue
-            log.warning("%s exists but its %s is %s, expected %s: downloading it again",
-                        target, algorithm, actual, expected[name])
+            log.warning(
+                "%s exists but its %s is %s, expected %s: downloading it again",
+                target,
+                algorithm,
+                actual,
+                expected[name],
+            )
         t0 = time.perf_counter()
         _download_verified(base + name, target, algorithm, expected[name])
-        log.info("downloaded %s from %s in %.1f s (%s verified)", target, base + name,
-                 time.perf_counter() - t0, algorithm)
+        log.info(
+            "downloaded %s from %s in %.1f s (%s verified)", target, base + name, time.perf_counter() - t0, algorithm
+        )
         paths.append(target)
     return paths
 
@@ -270,13 +284,17 @@ def _read_split_list(splits_dir: Path, split: str, sums: dict[str, str], sums_pa
     if not path.is_file():
         raise DataError(f"split list {path} not found (split {split!r})")
     if path.name not in sums:
-        raise DataError(f"split list {path}: no entry for {path.name} in {sums_path}; expected sha256 "
-                        f"unknown, actual {hash_file(path)}")
+        raise DataError(
+            f"split list {path}: no entry for {path.name} in {sums_path}; expected sha256 "
+            f"unknown, actual {hash_file(path)}"
+        )
     data = path.read_bytes()
     actual = hashlib.sha256(data).hexdigest()
     if actual != sums[path.name]:
-        raise DataError(f"checksum mismatch for split list {path}: expected sha256 {sums[path.name]} "
-                        f"(from {sums_path}), actual {actual}")
+        raise DataError(
+            f"checksum mismatch for split list {path}: expected sha256 {sums[path.name]} "
+            f"(from {sums_path}), actual {actual}"
+        )
     names: list[str] = []
     seen: set[str] = set()
     for lineno, raw in enumerate(data.decode("utf-8").splitlines(), start=1):
@@ -284,8 +302,10 @@ def _read_split_list(splits_dir: Path, split: str, sums: dict[str, str], sums_pa
         if not name:
             continue
         if not _CLASS_RE.match(name):
-            raise DataError(f"split list {path}, line {lineno}: {raw!r} is not 'Alphabet/characterNN/rotDDD' "
-                            f"with DDD in 000, 090, 180, 270")
+            raise DataError(
+                f"split list {path}, line {lineno}: {raw!r} is not 'Alphabet/characterNN/rotDDD' "
+                f"with DDD in 000, 090, 180, 270"
+            )
         if name in seen:
             raise DataError(f"split list {path}, line {lineno}: class {name!r} is listed twice")
         seen.add(name)
@@ -324,34 +344,39 @@ def _index_zip(zip_path: Path, zf: zipfile.ZipFile) -> dict[str, list[str]]:
     return index
 
 
-def _decode_character(
-    zip_path: Path, zf: zipfile.ZipFile, character: str, entries: Sequence[str]
-) -> np.ndarray:
+def _decode_character(zip_path: Path, zf: zipfile.ZipFile, character: str, entries: Sequence[str]) -> np.ndarray:
     """Render the 20 drawings of one character in its 4 rotations: uint8 ``[4, 20, 28, 28]``, strokes = 1."""
     out = np.empty((len(_ROTATIONS), len(entries), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     for i, entry in enumerate(entries):
         try:
             data = zf.read(entry)
         except _ZIP_ERRORS as exc:
-            raise DataError(f"{zip_path}: cannot read entry {entry!r} (character {character}): "
-                            f"{type(exc).__name__}: {exc}") from exc
+            raise DataError(
+                f"{zip_path}: cannot read entry {entry!r} (character {character}): {type(exc).__name__}: {exc}"
+            ) from exc
         try:
             with Image.open(io.BytesIO(data)) as im:
                 im.load()
                 if im.size != (RAW_IMAGE_SIZE, RAW_IMAGE_SIZE):
-                    raise DataError(f"{zip_path}: entry {entry!r} (character {character}) is "
-                                    f"{im.size[0]}x{im.size[1]}, expected {RAW_IMAGE_SIZE}x{RAW_IMAGE_SIZE}")
+                    raise DataError(
+                        f"{zip_path}: entry {entry!r} (character {character}) is "
+                        f"{im.size[0]}x{im.size[1]}, expected {RAW_IMAGE_SIZE}x{RAW_IMAGE_SIZE}"
+                    )
                 if im.mode != "1":
-                    raise DataError(f"{zip_path}: entry {entry!r} (character {character}) has PIL mode "
-                                    f"{im.mode!r}, expected 1-bit mode '1'")
+                    raise DataError(
+                        f"{zip_path}: entry {entry!r} (character {character}) has PIL mode "
+                        f"{im.mode!r}, expected 1-bit mode '1'"
+                    )
                 for r, transpose in enumerate(_ROTATIONS.values()):
                     rotated = im if transpose is None else im.transpose(transpose)
                     small = rotated.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.NEAREST)
                     # Mode "1" arrays are bool with True = white background; invert so strokes are 1.
                     out[r, i] = ~np.asarray(small, dtype=bool)
         except _IMAGE_ERRORS as exc:
-            raise DataError(f"{zip_path}: cannot decode entry {entry!r} (character {character}) as an image: "
-                            f"{type(exc).__name__}: {exc}") from exc
+            raise DataError(
+                f"{zip_path}: cannot decode entry {entry!r} (character {character}) as an image: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
     return out
 
 
@@ -361,8 +386,9 @@ def _open_zip(zip_path: Path) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(zip_path)
     except _ZIP_ERRORS as exc:
-        raise DataError(f"{zip_path} is not a readable zip (truncated or corrupt?): "
-                        f"{type(exc).__name__}: {exc}") from exc
+        raise DataError(
+            f"{zip_path} is not a readable zip (truncated or corrupt?): {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def prepare_splits(
@@ -405,8 +431,9 @@ def prepare_splits(
                 raise DataError(f"{zip_path}: cannot list entries: {type(exc).__name__}: {exc}") from exc
             for character, entries in index.items():
                 if character in characters:
-                    raise DataError(f"character {character} appears in both {characters[character].zip_path} "
-                                    f"and {zip_path}")
+                    raise DataError(
+                        f"character {character} appears in both {characters[character].zip_path} and {zip_path}"
+                    )
                 characters[character] = _Character(zip_path, tuple(sorted(entries, key=_file_name)))
 
         # Check every class before decoding anything, so layout errors surface immediately.
@@ -416,19 +443,22 @@ def prepare_splits(
             for name in names:
                 character = name.rsplit("/", 1)[0]
                 if character not in characters:
-                    raise DataError(f"missing character: class {name!r} of split list "
-                                    f"{splits_dir / f'{split}.txt'} has no folder {character}/ in {zip_list}")
+                    raise DataError(
+                        f"missing character: class {name!r} of split list "
+                        f"{splits_dir / f'{split}.txt'} has no folder {character}/ in {zip_list}"
+                    )
                 found = characters[character]
                 if len(found.entries) != IMAGES_PER_CLASS:
-                    raise DataError(f"{found.zip_path}: character {character} has {len(found.entries)} "
-                                    f"images, expected {IMAGES_PER_CLASS} (class {name!r}, split {split})")
+                    raise DataError(
+                        f"{found.zip_path}: character {character} has {len(found.entries)} "
+                        f"images, expected {IMAGES_PER_CLASS} (class {name!r}, split {split})"
+                    )
                 needed[character] = None
 
         rendered: dict[str, np.ndarray] = {}
         for character in needed:
             found = characters[character]
-            rendered[character] = _decode_character(found.zip_path, zips[found.zip_path], character,
-                                                    found.entries)
+            rendered[character] = _decode_character(found.zip_path, zips[found.zip_path], character, found.entries)
     finally:
         for zf in zips.values():
             zf.close()
@@ -448,8 +478,13 @@ def prepare_splits(
         atomic_write_text(out_dir / f"{split}_classes.txt", "".join(f"{n}\n" for n in names))
         outputs[split] = npy_path
         log.info("wrote %s: %s classes", npy_path, len(names))
-    log.info("prepared %s from %d characters in %.1f s (decode %.1f s)", ", ".join(splits), len(rendered),
-             time.perf_counter() - t0, t_render)
+    log.info(
+        "prepared %s from %d characters in %.1f s (decode %.1f s)",
+        ", ".join(splits),
+        len(rendered),
+        time.perf_counter() - t0,
+        t_render,
+    )
     return outputs
 
 
@@ -481,8 +516,9 @@ def load_split(processed_dir: Path, split: str, *, mmap: bool = False) -> tuple[
     expected_tail = (IMAGES_PER_CLASS, IMAGE_SIZE, IMAGE_SIZE)
     if not isinstance(array, np.ndarray) or array.ndim != 4 or array.shape[1:] != expected_tail:
         shape = getattr(array, "shape", None)
-        raise DataError(f"{npy_path} has shape {shape}, expected (classes, {IMAGES_PER_CLASS}, {IMAGE_SIZE}, "
-                        f"{IMAGE_SIZE})")
+        raise DataError(
+            f"{npy_path} has shape {shape}, expected (classes, {IMAGES_PER_CLASS}, {IMAGE_SIZE}, {IMAGE_SIZE})"
+        )
     if array.dtype != np.uint8:
         raise DataError(f"{npy_path} has dtype {array.dtype}, expected uint8")
     if array.size and int(array.max()) > 1:
@@ -529,4 +565,3 @@ def data_info(processed_dir: Path) -> dict:
         }
         del array  # release the memory map before the next split
     return info
-
