@@ -115,6 +115,8 @@ def test_quick_preset_and_paper_protocol_share_one_dvc_yaml():
     changed = {**paper, "train": {**paper["train"], "epochs": 7}, "backbones": {"conv4": paper["backbones"]["conv4"]}}
     text = dvc.render_dvc_yaml(changed)
     assert "train-conv4" in text and "resnet18" not in text
+    # a backbone set to null is dropped, as in the workflow
+    assert dvc.render_dvc_yaml({**paper, "backbones": {**paper["backbones"], "resnet18": None}}) == text
 
 
 def test_dvc_yaml_declares_what_the_issue_asks_for():

@@ -55,6 +55,28 @@ def test_probe_sets_are_drawn_once_from_their_seed(synthetic_data, tmp_path):
     assert a["test_classes"].classes.shape == (1, 7) and a["test_classes"].images.shape == (1, 7, 20)
 
 
+def test_a_probe_is_drawn_from_its_name_not_its_position(synthetic_data, tmp_path):
+    make_probes(PROBES, 5, synthetic_data, tmp_path / "a.npz")
+    extra = {"val_episodes": {**PROBES["train_episodes"], "split": "val"}}
+    make_probes({**extra, **dict(reversed(PROBES.items()))}, 5, synthetic_data, tmp_path / "b.npz")
+    _, a = load_probes(tmp_path / "a.npz")
+    _, b = load_probes(tmp_path / "b.npz")
+    for name in PROBES:  # adding or reordering probes leaves the others' images as they were
+        assert torch.equal(a[name].classes, b[name].classes) and torch.equal(a[name].images, b[name].images)
+
+
+def test_a_damaged_probe_file_is_an_error_naming_the_file(synthetic_data, tmp_path):
+    probes = tmp_path / "probes.npz"
+    make_probes(PROBES, 5, synthetic_data, probes)
+    probes.write_bytes(probes.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=r"probes\.npz: cannot read the probe file"):
+        load_probes(probes)
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, features=np.zeros(3))
+    with pytest.raises(ValueError, match=r"foreign\.npz: not a probe file"):
+        load_probes(foreign)
+
+
 def test_dump_holds_every_probe_image_with_labels_roles_and_episodes(synthetic_data, trained, tmp_path):
     make_probes(PROBES, 5, synthetic_data, tmp_path / "probes.npz")
     out = tmp_path / "epoch_002.npz"

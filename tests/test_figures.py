@@ -9,6 +9,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.container import BarContainer
 
 from metacollapse.figures import (
     FIGURE_NAMES,
@@ -35,9 +36,7 @@ def _nc_table(backbones: tuple[str, ...] = BACKBONES) -> pd.DataFrame:
                 episodic = probe in EPISODIC
                 for metric in NC_METRICS:
                     sets = (
-                        ("protonet",)
-                        if metric in ("nc3", "nc4")
-                        else (("support", "query") if episodic else ("all",))
+                        ("protonet",) if metric in ("nc3", "nc4") else (("support", "query") if episodic else ("all",))
                     )
                     for s_i, set_name in enumerate(sets):
                         decay = 10.0 if metric in ("nc1", "cdnv") else 1.3
@@ -76,9 +75,9 @@ def _write_inputs(root: Path, backbones: tuple[str, ...] = BACKBONES) -> tuple[P
             for w in (5, 20)
             for s in (1, 5)
         ]
-        pd.DataFrame(
-            few, columns=["backbone", "n_way", "n_shot", "n_query", "episodes", "accuracy", "ci95"]
-        ).to_csv(folder / "fewshot_accuracy.csv", index=False)
+        pd.DataFrame(few, columns=["backbone", "n_way", "n_shot", "n_query", "episodes", "accuracy", "ci95"]).to_csv(
+            folder / "fewshot_accuracy.csv", index=False
+        )
         shots.append(folder / "fewshot_accuracy.csv")
     return nc_csv, logs, shots
 
@@ -141,6 +140,21 @@ def test_a_caption_exists_for_every_figure() -> None:
         sentences = [s for s in re.split(r"(?<=[.!?])\s+", text) if s]
         assert len(sentences) >= 2, f"{caption} is too short"
         assert "{{" not in text, f"{caption} would be read as a Jinja template"
+
+
+def test_every_caption_is_valid_restructuredtext() -> None:
+    # Snakemake renders captions with docutils; a stray |x| (a substitution reference) prints an error in the
+    # report instead of the text.
+    from docutils.core import publish_doctree
+    from docutils.utils import SystemMessage
+
+    for caption in sorted((REPO / "workflow" / "report").glob("*.rst")):
+        try:
+            publish_doctree(
+                caption.read_text(encoding="utf-8"), settings_overrides={"halt_level": 2, "report_level": 5}
+            )
+        except SystemMessage as error:
+            raise AssertionError(f"{caption.name}: {error}") from error
 
 
 def test_backbones_come_from_the_data(tmp_path: Path) -> None:
@@ -243,3 +257,44 @@ def test_backbone_order_is_order_of_appearance(generated) -> None:
     fig = figures._nc_metric_figure(nc, "nc1", order, colors)
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert [lab for lab in labels if lab in order] == list(BACKBONES)  # vit_tiny has no NC rows: no entry
+
+
+def test_summary_shows_the_papers_per_episode_nc1_and_nc2_at_each_final_epoch(generated) -> None:
+    from metacollapse import figures
+
+    nc_csv, logs, shots = generated[2]
+    nc = figures.read_nc_metrics(nc_csv)
+    nc = nc[~((nc["backbone"] == "conv4") & (nc["epoch"] == EPOCHS))]  # conv4 stops one epoch early
+    backbones = list(BACKBONES)
+    fig = figures._summary_figure(nc, figures.read_fewshot(shots), backbones, figures._colors(backbones))
+    ax = next(a for a in fig.axes if a.get_title().startswith("The paper's measurement"))
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == ["NC1 support", "NC1 query", "NC2 ETF support", "NC2 ETF query"] * 2
+    assert ax.get_yscale() == "log"
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["resnet18 (epoch 5)", "conv4 (epoch 4)", "conv4_w128 (epoch 5)"]
+    # bar heights are the final-epoch means, in group order (probe, metric, set), one container per backbone
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert len(bars) == len(backbones)
+    for container, backbone in zip(bars, backbones, strict=True):
+        heights = [bar.get_height() for bar in container.patches]
+        rows = nc[nc["backbone"] == backbone]
+        final = rows[rows["epoch"] == rows["epoch"].max()].set_index(["probe", "metric", "set"])["mean"]
+        expected = [
+            final[(p, m, s)] for p in EPISODIC for m in ("nc1", "nc2_etf_rownorm") for s in ("support", "query")
+        ]
+        np.testing.assert_allclose(heights, expected, rtol=1e-12)
+
+
+def test_std_bands_never_reach_below_zero(generated) -> None:
+    from matplotlib.collections import PolyCollection
+
+    from metacollapse import figures
+
+    nc = figures.read_nc_metrics(generated[2][0])
+    nc["std"] = 3.0 * nc["mean"]  # a heavy-tailed spread over episodes: mean - std < 0
+    colors = figures._colors(list(BACKBONES))
+    fig = figures._nc_metric_figure(nc, "nc2_equinorm", list(BACKBONES), colors)  # linear axes
+    bands = [c for ax in fig.axes for c in ax.collections if isinstance(c, PolyCollection)]
+    assert bands, "episodic panels draw a std band"
+    assert min(path.vertices[:, 1].min() for band in bands for path in band.get_paths()) >= 0.0

@@ -146,6 +146,20 @@ def test_etf_means_with_axis_points_match_closed_form_nc1_and_cdnv():
         assert out[key] == pytest.approx(0.0, abs=1e-12), key
 
 
+def test_cdnv_keeps_its_digits_when_two_class_means_nearly_coincide():
+    # Means 0, delta and L on the first axis (delta = 1e-6, L = 1e3), each class the 2d points mean +/- s e_j, so
+    # Var_c = s^2 and CDNV = mean over pairs of s^2 / dist^2. The Gram shortcut ||a||^2 + ||b||^2 - 2 a.b has an
+    # absolute error near 1e-10 here, far more than delta^2 = 1e-12.
+    d, s, delta, big = 4, 1e-7, 1e-6, 1e3
+    centres = np.zeros((3, d))
+    centres[1, 0], centres[2, 0] = delta, big
+    offsets = np.concatenate([s * np.eye(d), -s * np.eye(d)])
+    h = np.concatenate([c + offsets for c in centres])
+    y = np.repeat(np.arange(3), 2 * d)
+    expected = np.mean([s**2 / delta**2, s**2 / big**2, s**2 / (big - delta) ** 2])
+    assert nc_metrics(h, y)["cdnv"] == pytest.approx(expected, rel=1e-5)
+
+
 def test_one_dimensional_two_classes():
     # Classes {-2, 0} and {0, 2}: means -1 and 1, Sigma_W = 1, Sigma_B = 1, Var_c = 1, distance^2 = 4.
     out = nc_metrics(np.array([[-2.0], [0.0], [0.0], [2.0]]), np.array([0, 0, 1, 1]))
@@ -478,6 +492,15 @@ def test_nc_table_for_file_names_the_file_when_keys_are_missing(tmp_path):
     with pytest.raises(ValueError, match=r"broken\.npz.*role"):
         nc_table_for_file(npz, out_csv)
     assert not out_csv.exists()
+
+
+def test_a_truncated_feature_dump_is_an_error_naming_the_file(tmp_path):
+    npz = tmp_path / "epoch_003.npz"
+    np.savez(npz, **make_dump(np.random.default_rng(15)))
+    npz.write_bytes(npz.read_bytes()[:-200])  # a copy cut short
+    with pytest.raises(ValueError, match=r"epoch_003\.npz: cannot read feature dump \(BadZipFile"):
+        nc_table_for_file(npz, tmp_path / "out.csv")
+    assert not (tmp_path / "out.csv").exists()
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -22,9 +22,7 @@ def test_environment_yml_and_pyproject_name_the_same_dependencies(repo_root):
     pip_deps = {requirement_name(d) for d in pyproject["project"]["dependencies"]}
     env = yaml.safe_load((repo_root / "environment.yml").read_text())
     conda_deps = {
-        CONDA_NAMES.get(requirement_name(d), requirement_name(d))
-        for d in env["dependencies"]
-        if isinstance(d, str)
+        CONDA_NAMES.get(requirement_name(d), requirement_name(d)) for d in env["dependencies"] if isinstance(d, str)
     } - {"python", "pip"}
     assert conda_deps == pip_deps
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
@@ -59,3 +57,29 @@ def test_ci_runs_the_readme_install_and_test_commands(repo_root):
 def test_the_package_never_imports_snakemake(repo_root):
     for path in (repo_root / "src" / "metacollapse").glob("*.py"):
         assert not re.search(r"^\s*(import|from)\s+snakemake", path.read_text(), flags=re.M), path
+
+
+def test_the_code_is_ruff_clean(repo_root):
+    for command in (["check", "."], ["format", "--check", "."]):
+        result = subprocess.run(
+            [sys.executable, "-m", "ruff", *command], cwd=repo_root, capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 0, f"ruff {' '.join(command)}:\n{result.stdout}{result.stderr}"
+
+
+def test_docs_contracts_lists_every_subcommand_with_all_its_options(repo_root):
+    import argparse
+
+    from metacollapse.cli import build_parser
+
+    lines = {
+        line[3:].split()[0]: line
+        for line in (repo_root / "docs" / "CONTRACTS.md").read_text().splitlines()
+        if line.startswith("- `")
+    }
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subparsers.choices.items():
+        assert name in lines, f"docs/CONTRACTS.md does not list `{name}`"
+        for action in sub._actions:
+            longs = [o for o in action.option_strings if o.startswith("--") and o != "--help"]
+            assert not longs or any(o in lines[name] for o in longs), f"`{name}` {longs} missing from CONTRACTS.md"

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+import metacollapse
 from metacollapse.training import (
     LOG_COLUMNS,
     TIMING_COLUMNS,
@@ -98,6 +99,49 @@ def test_corrupt_and_foreign_checkpoints_get_a_clear_error(tmp_path):
         load_checkpoint(foreign)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_a_checkpoint_without_a_backbone_spec_is_an_error_naming_it(synthetic_data, tmp_path):
+    train(params(epochs=1), synthetic_data, tmp_path / "run", device="cpu")
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "epoch_001.pt")
+    assert checkpoint["environment"] == {
+        "device": "cpu",
+        "torch": torch.__version__,
+        "metacollapse": metacollapse.__version__,
+    }
+    del checkpoint["params"]["backbone"]
+    torch.save(checkpoint, tmp_path / "edited.pt")
+    with pytest.raises(CheckpointError, match=r"edited\.pt: checkpoint params hold no backbone spec"):
+        load_model(tmp_path / "edited.pt")
+
+
+def test_temporaries_of_a_killed_save_are_removed_by_the_next_run(synthetic_data, tmp_path):
+    state = tmp_path / "run" / "train_state"
+    state.mkdir(parents=True)
+    # What atomic_path leaves when SIGKILL lands inside torch.save; a real checkpoint-like file stays.
+    debris = state / ".epoch_002.pt.4242-0123456789ab.tmp.pt"
+    debris.write_bytes(b"half a checkpoint")
+    keep = state / "notes.txt"
+    keep.write_text("mine")
+    train(params(epochs=2), synthetic_data, tmp_path / "run", device="cpu")
+    assert not debris.exists() and keep.exists()
+    assert sorted(p.name for p in state.glob("epoch_*.pt")) == ["epoch_001.pt", "epoch_002.pt"]
+
+
+def test_without_a_terminal_progress_goes_to_the_log_and_leaves_the_numbers_alone(
+    synthetic_data, tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setattr("metacollapse.training.LOG_PROGRESS_EVERY", 0.0)  # a line after every episode
+    with caplog.at_level("INFO", logger="metacollapse.training"):
+        logged = train(params(epochs=1), synthetic_data, tmp_path / "logged", device="cpu")  # pytest: no tty
+    lines = [r.getMessage() for r in caplog.records if "episodes/s, loss" in r.getMessage()]
+    assert len(lines) == 8 and lines[-1].startswith("epoch 1/1: 8/8 episodes")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="metacollapse.training"):
+        quiet = train(params(epochs=1), synthetic_data, tmp_path / "quiet", device="cpu", progress=False)
+    assert not [r for r in caplog.records if "episodes/s, loss" in r.getMessage()]
+    assert any(r.getMessage().startswith("epoch   1/1  train loss") for r in caplog.records)  # the epoch line
+    pd.testing.assert_frame_equal(logged.drop(columns=TIMING_COLUMNS), quiet.drop(columns=TIMING_COLUMNS))
 
 
 def test_asking_for_cuda_without_one_is_an_error(synthetic_data, tmp_path, monkeypatch):

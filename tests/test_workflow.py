@@ -42,7 +42,7 @@ def test_a_rerun_of_the_data_stage_does_nothing(prepared_workspace, omniglot_mir
     assert before == {p: p.stat().st_mtime_ns for p in (prepared_workspace / "data").rglob("*.npy")}
 
 
-@pytest.mark.parametrize("configfile", ["config/config.yaml", "config/quick.yaml"])
+@pytest.mark.parametrize("configfile", ["config/config.yaml", "config/quick.yaml", "config/cpu_conv4.yaml"])
 def test_dry_run_builds_the_whole_dag(tmp_path, configfile):
     workdir = make_workspace(tmp_path)
     result = snakemake(workdir, "-n", "--configfile", configfile)
@@ -51,15 +51,54 @@ def test_dry_run_builds_the_whole_dag(tmp_path, configfile):
         assert f"rule {rule}:" in out or f"\n{rule} " in out, rule
 
 
-def test_paper_config_dumps_features_for_every_epoch_of_both_backbones(tmp_path):
-    workdir = make_workspace(tmp_path)
-    out = snakemake(workdir, "-n", "--quiet", "rules").stdout
-    counts = {
+def job_counts(workdir, *args: str) -> dict[str, int]:
+    """Jobs per rule of a dry run, from Snakemake's job-stats table."""
+    out = snakemake(workdir, "-n", "--quiet", "rules", *args).stdout
+    return {
         line.split()[0]: int(line.split()[1])
         for line in out.splitlines()
         if line[:1].isalpha() and len(line.split()) == 2 and line.split()[1].isdigit()
     }
+
+
+def dry_run_resources(workdir, *args: str) -> dict[str, set[str]]:
+    """Rule -> the distinct `resources:` lines Snakemake resolved for its jobs in a dry run."""
+    out = snakemake(workdir, "-n", *args).stdout
+    found: dict[str, set[str]] = {}
+    rule = None
+    for line in out.splitlines():
+        if line.startswith(("rule ", "localrule ")):
+            rule = line.split()[1].rstrip(":")
+        elif line.strip().startswith("resources:") and rule:
+            found.setdefault(rule, set()).add(line.strip())
+    return found
+
+
+def test_paper_config_dumps_features_for_every_epoch_of_both_backbones(tmp_path):
+    counts = job_counts(make_workspace(tmp_path))
     assert counts["train"] == 2 and counts["dump_features"] == 200 and counts["nc_metrics"] == 200
+
+
+def test_a_preset_drops_an_inherited_backbone_by_setting_it_to_null(tmp_path):
+    workdir = make_workspace(tmp_path)
+    (workdir / "one.yaml").write_text("backbones: {resnet18: null}\n")
+    counts = job_counts(workdir, "--configfile", "one.yaml")
+    assert counts["train"] == 1 and counts["evaluate"] == 1 and counts["dump_features"] == 100
+    (workdir / "none.yaml").write_text("backbones: {resnet18: null, conv4: null}\n")
+    result = snakemake(workdir, "-n", "--configfile", "none.yaml", check=False)
+    assert result.returncode != 0 and "every entry of `backbones` is null" in result.stdout + result.stderr
+
+
+def test_the_workstation_profile_gives_training_the_gpu_and_lets_feature_dumps_share_it(tmp_path):
+    workdir = make_workspace(tmp_path)
+    plain = dry_run_resources(workdir)
+    profiled = dry_run_resources(workdir, "--workflow-profile", "workflow/profiles/default")
+    for rule in ("train", "evaluate", "dump_features"):
+        assert all("gpu=1" in line for line in plain[rule]), (rule, plain[rule])
+    for rule in ("train", "evaluate"):
+        assert all("gpu=1" in line for line in profiled[rule]), (rule, profiled[rule])
+    # 200 one-epoch dumps, each mostly process start-up: serialised on the GPU slot they would outlast training.
+    assert all("gpu=0" in line for line in profiled["dump_features"]), profiled["dump_features"]
 
 
 def test_lint_is_clean(tmp_path):

@@ -9,6 +9,7 @@ half-written file at a target path. Everything here writes to a temporary file i
   exception it is deleted and ``target`` is left as it was.
 - ``atomic_write_bytes(target, data)``: the one-shot version for bytes.
 - ``atomic_write_text(target, text)``: the same for UTF-8 text.
+- ``remove_temp_files(directory)``: delete temporaries that a killed writer (SIGKILL cannot be caught) left.
 - ``sha256_file(path)`` / ``hash_file(path, algorithm)``: streaming hex digests.
 """
 
@@ -17,11 +18,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "hash_file", "sha256_file"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "hash_file", "remove_temp_files", "sha256_file"]
 
 _CHUNK = 1 << 20
 
@@ -32,6 +34,27 @@ def _temp_name(target: Path) -> Path:
     # would on the target itself. The name is not pre-created, so the final file gets the usual umask
     # permissions rather than mkstemp's 0600.
     return target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp{target.suffix}")
+
+
+# What _temp_name produces: ".<target name>.<pid>-<12 hex>.tmp<suffix>".
+_TEMP_RE = re.compile(r"^\..+\.\d+-[0-9a-f]{12}\.tmp(\.[^.]*)?$")
+
+
+def remove_temp_files(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporaries of ``atomic_path`` in ``directory``; return what was removed.
+
+    A writer killed by SIGKILL leaves its temporary file behind (nothing runs to remove it). Call this only
+    where no other process writes into ``directory`` at the same time, e.g. at the start of the one job that
+    owns it.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = [path for path in directory.iterdir() if _TEMP_RE.match(path.name) and path.is_file()]
+    for path in removed:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    return removed
 
 
 def _fsync_file(path: Path) -> None:

@@ -174,7 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", type=_json_arg, required=True, help='JSON: {"backbone", "seed", "train", "val"}')
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--out-dir", type=Path, required=True)
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar with episodes/s, loss and accuracy (default: on a terminal; otherwise, as in a "
+        "Snakemake log, a progress line every 30 s); --no-progress: only the line per epoch",
+    )
     compute_options(p)
 
     p = add("evaluate", cmd_evaluate, "Few-shot accuracy of a checkpoint on novel classes.")

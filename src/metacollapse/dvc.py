@@ -118,8 +118,9 @@ class Stage:
 
 def _backbones(config: Mapping[str, Any]) -> list[str]:
     try:
-        return list(config["backbones"])
-    except (KeyError, TypeError) as error:
+        # null drops a backbone (see workflow/rules/common.smk)
+        return [name for name, options in config["backbones"].items() if options is not None]
+    except (KeyError, TypeError, AttributeError) as error:
         raise ValueError("config has no `backbones` mapping") from error
 
 

@@ -13,7 +13,10 @@ A feature dump (``epoch_NNN.npz``) holds the embeddings of every probe image; it
 
 from __future__ import annotations
 
+import hashlib
 import json
+import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,23 +30,32 @@ from metacollapse.episodes import EpisodeIndices, EpisodeSpec, check_spec, fixed
 SUPPORT, QUERY = 0, 1
 
 
+def probe_seed_for(seed: int, name: str) -> int:
+    """The seed of one probe set: from the run's seed and the probe's name, so that adding, removing or
+    reordering probes in the config leaves every other probe's images unchanged."""
+    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # 63 bits: torch.Generator.manual_seed takes any int64
+
+
 def make_probes(probes: Mapping[str, Mapping[str, Any]], seed: int, data_dir: Path, out: Path) -> None:
-    """Draw every probe set's image indices (CPU generator, one seed per probe) and save them to ``out``."""
+    """Draw every probe set's image indices (CPU generator, seeded per probe by :func:`probe_seed_for`) and save
+    them to ``out``."""
     from metacollapse.data import load_split
 
     arrays: dict[str, np.ndarray] = {}
-    for i, (name, probe) in enumerate(probes.items()):
+    for name, probe in probes.items():
+        probe_seed = probe_seed_for(seed, name)
         split, _ = load_split(Path(data_dir), probe["split"])
         num_classes, per_class = split.shape[:2]
         if probe["kind"] == "episodic":
             spec = EpisodeSpec(int(probe["n_way"]), int(probe["n_support"]), int(probe["n_query"]))
-            indices = fixed_episode_indices(num_classes, per_class, spec, int(probe["episodes"]), seed + i)
+            indices = fixed_episode_indices(num_classes, per_class, spec, int(probe["episodes"]), probe_seed)
             classes, images = indices.classes.numpy(), indices.images.numpy()
         elif probe["kind"] == "classes":
             count = int(probe["classes"])
             if not 2 <= count <= num_classes:
                 raise ValueError(f"probe {name!r}: classes={count}, but split {probe['split']!r} has {num_classes}")
-            generator = torch.Generator().manual_seed(seed + i)
+            generator = torch.Generator().manual_seed(probe_seed)
             chosen = torch.randperm(num_classes, generator=generator)[:count].sort().values
             classes = chosen.numpy()[None, :]
             images = np.broadcast_to(np.arange(per_class), (1, count, per_class)).copy()
@@ -57,15 +69,21 @@ def make_probes(probes: Mapping[str, Mapping[str, Any]], seed: int, data_dir: Pa
 
 
 def load_probes(path: Path) -> tuple[dict[str, Any], dict[str, EpisodeIndices]]:
-    """The probe specification and each probe's indices."""
-    with np.load(path, allow_pickle=False) as npz:
-        if "spec" not in npz.files:
-            raise ValueError(f"{path}: not a probe file (no 'spec' entry)")
-        spec = json.loads(str(npz["spec"]))
-        indices = {
-            name: EpisodeIndices(torch.from_numpy(npz[f"{name}/classes"]), torch.from_numpy(npz[f"{name}/images"]))
-            for name in spec["probes"]
-        }
+    """The probe specification and each probe's indices; a damaged or foreign file is a ValueError naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "spec" not in npz.files:
+                raise ValueError(f"{path}: not a probe file (no 'spec' entry; has {sorted(npz.files)})")
+            spec = json.loads(str(npz["spec"]))
+            missing = [f"{n}/{k}" for n in spec["probes"] for k in ("classes", "images") if f"{n}/{k}" not in npz.files]
+            if missing:
+                raise ValueError(f"{path}: probe file lacks {missing} named by its own spec")
+            indices = {
+                name: EpisodeIndices(torch.from_numpy(npz[f"{name}/classes"]), torch.from_numpy(npz[f"{name}/images"]))
+                for name in spec["probes"]
+            }
+    except (OSError, EOFError, KeyError, TypeError, zipfile.BadZipFile, zlib.error, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the probe file ({type(exc).__name__}: {exc})") from exc
     return spec, indices
 
 

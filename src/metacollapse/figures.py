@@ -108,9 +108,7 @@ class MetricInfo:
 _LOWER = "(lower = more collapse)"
 
 METRIC_INFO: dict[str, MetricInfo] = {
-    "nc1": MetricInfo(
-        "NC1", "NC1: within-class variability collapse", r"NC1 = tr$(\Sigma_W \Sigma_B^{+})/C$"
-    ),
+    "nc1": MetricInfo("NC1", "NC1: within-class variability collapse", r"NC1 = tr$(\Sigma_W \Sigma_B^{+})/C$"),
     "nc1_quotient": MetricInfo(
         "NC1\nquotient",
         "NC1 (quotient form): within- vs between-class scatter",
@@ -124,12 +122,12 @@ METRIC_INFO: dict[str, MetricInfo] = {
     "nc2_equiangularity": MetricInfo(
         "NC2\nequiangular",
         "NC2: equal angles between the centred class means",
-        r"NC2 equiangularity = std of $\cos(\mu_c, \mu_{c'})$",
+        r"NC2 equiangularity = std of $\cos(M_c, M_{c'})$, $M_c = \mu_c - \mu_G$",
     ),
     "nc2_maxangle": MetricInfo(
         "NC2\nmax-angle",
         "NC2: maximal angles between the centred class means",
-        r"NC2 max-angle = mean $|\cos(\mu_c, \mu_{c'}) + 1/(C-1)|$",
+        r"NC2 max-angle = mean $|\cos(M_c, M_{c'}) + 1/(C-1)|$",
     ),
     "nc2_etf": MetricInfo(
         "NC2\nETF",
@@ -370,9 +368,7 @@ def _grid(n: int) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------------------ figures
 
 
-def _nc_metric_figure(
-    nc: pd.DataFrame, metric: str, backbones: Sequence[str], colors: dict[str, str]
-) -> Figure:
+def _nc_metric_figure(nc: pd.DataFrame, metric: str, backbones: Sequence[str], colors: dict[str, str]) -> Figure:
     data = nc[nc["metric"] == metric]
     probes = _probe_order(nc["probe"])  # same panels for every metric, even where one has no rows
     nrows, ncols = _grid(max(len(probes), 1))
@@ -414,9 +410,9 @@ def _nc_metric_figure(
                 )
                 std = rows["std"].to_numpy()
                 if np.isfinite(std).any():
-                    lo, hi = y - std, y + std
-                    if log:  # keep the band drawable on a log axis: clip its lower edge a decade below
-                        lo = np.maximum(lo, y / 10)
+                    # Every metric is >= 0, so the band stops at 0 (a heavy-tailed spread would draw below it);
+                    # on a log axis it stops a decade below the mean, to stay drawable.
+                    lo, hi = np.maximum(y - std, y / 10 if log else 0.0), y + std
                     ax.fill_between(x, lo, hi, color=colors[backbone], alpha=0.15, linewidth=0)
                     has_band = True
         if log:
@@ -429,9 +425,7 @@ def _nc_metric_figure(
     for ax in axes[len(probes) :]:
         ax.set_visible(False)
 
-    backbone_handles = [
-        Line2D([], [], color=colors[b], linewidth=2, label=b) for b in backbones if b in drawn
-    ]
+    backbone_handles = [Line2D([], [], color=colors[b], linewidth=2, label=b) for b in backbones if b in drawn]
     style_handles: list[Line2D | Patch] = []
     for s in sets_used:
         style = SET_STYLES.get(s, ":") if len(sets_used) > 1 and s in ("support", "query") else "-"
@@ -518,6 +512,65 @@ def _final_epoch_values(nc: pd.DataFrame, probe: str, backbones: Sequence[str]) 
     return table, finals
 
 
+#: The paper's own measurement: NC1 and its NC2 (row-normalised ETF distance), per episode, support and query.
+EPISODIC_SUMMARY_METRICS: tuple[str, ...] = ("nc1", "nc2_etf_rownorm")
+
+
+def _episodic_summary(ax: Axes, nc: pd.DataFrame, backbones: Sequence[str], colors: dict[str, str]) -> None:
+    """Bars of the per-episode metrics at each backbone's final epoch (mean, error bar = std over episodes)."""
+    rows = nc[nc["set"].isin(["support", "query"]) & nc["metric"].isin(EPISODIC_SUMMARY_METRICS)]
+    probes = _probe_order(rows["probe"])
+    groups = [(p, m, st) for p in probes for m in EPISODIC_SUMMARY_METRICS for st in ("support", "query")]
+    ax.set_title("The paper's measurement at the final epoch: per-episode NC1 and NC2 (mean, error bar: 1 std)")
+    if not groups:
+        _no_data(ax, "no episodic probes in the NC metrics table")
+        return
+    x = np.arange(len(groups))
+    width = 0.8 / max(len(backbones), 1)
+    for i, backbone in enumerate(backbones):
+        brows = rows[rows["backbone"] == backbone]
+        if brows.empty:
+            continue
+        last = int(brows["epoch"].max())
+        brows = brows[brows["epoch"] == last].set_index(["probe", "metric", "set"])
+        mean = np.array([float(brows["mean"].get(g, np.nan)) for g in groups])
+        std = np.array([float(brows["std"].get(g, np.nan)) for g in groups])
+        ok = np.isfinite(mean) & (mean > 0)
+        # Log axis: a band reaching below 0 is drawn down to a tenth of the mean instead of to -infinity.
+        lower = np.where(np.isfinite(std), np.minimum(std, 0.9 * mean), 0.0)
+        upper = np.where(np.isfinite(std), std, 0.0)
+        pos = x - 0.4 + width * (i + 0.5)
+        ax.bar(
+            pos[ok],
+            mean[ok],
+            width=width * 0.92,
+            color=colors[backbone],
+            yerr=np.vstack([lower[ok], upper[ok]]),
+            capsize=2,
+            error_kw={"elinewidth": 0.9},
+            label=f"{backbone} (epoch {last})",
+        )
+    ax.set_yscale("log")
+    ax.set_xticks(x, [f"{METRIC_INFO[m].short.split(chr(10))[0]} {st}" for _, m, st in groups], fontsize=8)
+    for j, probe in enumerate(probes):  # probe names under each block of four bars
+        centre = j * len(EPISODIC_SUMMARY_METRICS) * 2 + (len(EPISODIC_SUMMARY_METRICS) * 2 - 1) / 2
+        ax.annotate(
+            PROBE_TITLES.get(probe, probe),
+            (centre, 0),
+            xycoords=("data", "axes fraction"),
+            xytext=(0, -24),
+            textcoords="offset points",
+            ha="center",
+            va="top",
+            fontsize=8.5,
+            fontweight="bold",
+        )
+    ax.set_xlim(-0.6, len(groups) - 0.4)
+    ax.grid(axis="x", visible=False)
+    ax.set_ylabel("metric value (log)\n(lower = more collapse)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, title="backbone")
+
+
 def _summary_figure(
     nc: pd.DataFrame, fewshot: pd.DataFrame, backbones: Sequence[str], colors: dict[str, str]
 ) -> Figure:
@@ -525,15 +578,16 @@ def _summary_figure(
     if not class_probes:
         class_probes = [p for p in ("train_classes", "test_classes") if p in set(nc["probe"])]
     n_bar_panels = max(len(class_probes), 1)
-    fig = Figure(figsize=(11, 3.3 * n_bar_panels + 3.6), layout="constrained")
+    fig = Figure(figsize=(11, 3.3 * (n_bar_panels + 1) + 3.6), layout="constrained")
     axes = fig.subplots(
-        n_bar_panels + 1, 1, squeeze=False, gridspec_kw={"height_ratios": [1.0] * n_bar_panels + [1.05]}
+        n_bar_panels + 2, 1, squeeze=False, gridspec_kw={"height_ratios": [1.0] * (n_bar_panels + 1) + [1.05]}
     ).ravel()
     fig.suptitle("Final-epoch comparison of the backbones", fontsize=11)
     n_b = max(len(backbones), 1)
     width = 0.8 / n_b
     x = np.arange(len(NC_METRICS))
-    for ax, probe in zip(axes[:-1], class_probes or [None], strict=False):
+    _episodic_summary(axes[-2], nc, backbones, colors)
+    for ax, probe in zip(axes[:-2], class_probes or [None], strict=False):
         if probe is None:
             _no_data(ax, "no class probes in the NC metrics table")
             continue
@@ -548,9 +602,7 @@ def _summary_figure(
             vals = table[backbone].to_numpy()
             pos = x - 0.4 + width * (i + 0.5)
             ok = np.isfinite(vals) & (vals > 0)
-            label = (
-                f"{backbone} (epoch {finals[backbone]})" if backbone in finals else f"{backbone} (no data)"
-            )
+            label = f"{backbone} (epoch {finals[backbone]})" if backbone in finals else f"{backbone} (no data)"
             ax.bar(pos[ok], vals[ok], width=width * 0.92, color=colors[backbone], label=label)
             for p, v in zip(pos[~ok], vals[~ok], strict=True):
                 ax.text(
@@ -630,9 +682,7 @@ def _summary_figure(
 # -------------------------------------------------------------------------------------------------- entry
 
 
-def make_figures(
-    nc_csv: Path, train_logs: Sequence[Path], fewshot: Sequence[Path], out_dir: Path
-) -> list[Path]:
+def make_figures(nc_csv: Path, train_logs: Sequence[Path], fewshot: Sequence[Path], out_dir: Path) -> list[Path]:
     """Write every figure of :data:`FIGURE_NAMES` as PNG and PDF into ``out_dir``.
 
     Returns the written paths, ``{name}.png`` then ``{name}.pdf`` for each name in :data:`FIGURE_NAMES` order.

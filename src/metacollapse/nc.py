@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -100,9 +102,7 @@ def _encode_labels(labels: object, n: int, name: str = "labels") -> tuple[np.nda
     return classes, inv.reshape(-1), counts
 
 
-def _as_classifier(
-    weights: object, bias: object | None, n_classes: int, dim: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _as_classifier(weights: object, bias: object | None, n_classes: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """Cast a linear classifier to float64 ``W [C, d]`` and ``b [C]`` (zeros if ``bias`` is None)."""
     w = np.asarray(weights, dtype=np.float64)
     if w.shape != (n_classes, dim):
@@ -163,6 +163,15 @@ def _etf_distance(gram: np.ndarray) -> np.ndarray:
     return np.sqrt(np.sum((gram / g_norm[:, None, None] - target) ** 2, axis=(1, 2)))
 
 
+def _pair_sq_distances(mu: np.ndarray) -> np.ndarray:
+    """``||mu_c - mu_c'||^2`` for every unordered pair of ``mu [E, C, d]``, in ``np.triu_indices(C, 1)`` order."""
+    parts = []
+    for i in range(mu.shape[1] - 1):
+        diff = mu[:, i + 1 :] - mu[:, i : i + 1]  # class i against every later class
+        parts.append(np.einsum("ecd,ecd->ec", diff, diff))
+    return np.concatenate(parts, axis=1)
+
+
 def _feature_metrics(h: np.ndarray, inv: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarray]:
     """All of FEATURE_METRICS for each of the E problems in ``h [E, n, d]``; each value has shape ``[E]``."""
     _, n, d = h.shape
@@ -188,7 +197,8 @@ def _feature_metrics(h: np.ndarray, inv: np.ndarray, counts: np.ndarray) -> dict
         #                               = (1/N) sum_r ||R M^T u_r||^2 / lam_r^2.
         # Rank handling: keep at most the top min(d, C-1) eigenpairs (rank M <= C-1 after centring, <= d), and
         # drop eigenvalues that are numerically zero, lam_r <= lam_max * max(C, d) * eps(float64): the default
-        # relative tolerance of numpy/torch pinv applied to the spectrum of Sigma_B (= lam / C).
+        # relative tolerance of torch.linalg.pinv (and of the Array API's pinv; numpy's own default is 1e-15)
+        # applied to the spectrum of Sigma_B (= lam / C).
         gram = np.matmul(m, np.swapaxes(m, 1, 2))  # [E, C, C] G = M M^T
         lam, u = np.linalg.eigh(gram)  # ascending
         lam, u = lam[:, ::-1], u[:, :, ::-1]  # descending: lam [E, C], u [E, C, C] (columns u_r)
@@ -218,11 +228,11 @@ def _feature_metrics(h: np.ndarray, inv: np.ndarray, counts: np.ndarray) -> dict
         nc2_etf_rownorm = _etf_distance(cos_grid)
 
         # --- CDNV = mean over unordered pairs of (Var_c + Var_c') / (2 ||mu_c - mu_c'||^2) ------------------
-        # Var_c = (1/n_c) sum_{i in c} ||h_i - mu_c||^2 (per-class mean, ddof=0). Squared distances come from
-        # the Gram matrix of the centred means (centring first keeps the cancellation error small).
+        # Var_c = (1/n_c) sum_{i in c} ||h_i - mu_c||^2 (per-class mean, ddof=0). Squared distances are summed
+        # from the differences themselves, one class against the later ones (the pair order of iu, ju): the
+        # Gram shortcut ||a||^2 + ||b||^2 - 2 a.b cancels catastrophically when two means nearly coincide.
         var_c = _class_sums(sq_resid, counts) / counts[None, :]  # [E, C]
-        sq_norm = np.einsum("ecc->ec", gram)
-        dist2 = np.maximum(sq_norm[:, iu] + sq_norm[:, ju] - 2.0 * gram[:, iu, ju], 0.0)
+        dist2 = _pair_sq_distances(m)  # [E, C(C-1)/2] ||mu_c - mu_c'||^2
         cdnv = ((var_c[:, iu] + var_c[:, ju]) / (2.0 * dist2)).mean(axis=1)
 
     out = {
@@ -338,8 +348,9 @@ def load_feature_dump(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as npz:
             dump = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read feature dump: {exc}") from exc
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        # np.load raises BadZipFile (not an OSError) on a truncated .npz; the user needs the file's name.
+        raise ValueError(f"{path}: cannot read feature dump ({type(exc).__name__}: {exc})") from exc
     missing = [key for key in REQUIRED_DUMP_KEYS if key not in dump]
     if missing:
         raise ValueError(f"{path}: feature dump is missing keys {missing} (has {sorted(dump)})")
@@ -416,10 +427,7 @@ def _episodic_values(
         per_set["support"].append(nc_metrics(hs, ys))
         per_set["query"].append(nc_metrics(hq, yq))
         per_set["protonet"].append(protonet_nc(hs, ys, hq, yq))
-    return {
-        name: {key: np.array([r[key] for r in results]) for key in results[0]}
-        for name, results in per_set.items()
-    }
+    return {name: {key: np.array([r[key] for r in results]) for key in results[0]} for name, results in per_set.items()}
 
 
 def epoch_nc_table(dump: Mapping[str, np.ndarray]) -> pd.DataFrame:

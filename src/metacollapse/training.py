@@ -34,7 +34,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from metacollapse.atomic import atomic_path, sha256_file
+from metacollapse import __version__
+from metacollapse.atomic import atomic_path, remove_temp_files, sha256_file
 from metacollapse.episodes import (
     EpisodeSpec,
     check_spec,
@@ -53,6 +54,8 @@ CHECKPOINT_FORMAT = "metacollapse-checkpoint"
 CHECKPOINT_VERSION = 1
 LOG_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "episodes_per_s"]
 TIMING_COLUMNS = ["seconds", "episodes_per_s"]
+#: Seconds between progress lines in the log when no progress bar is shown (stderr is not a terminal).
+LOG_PROGRESS_EVERY = 30.0
 
 
 class CheckpointError(RuntimeError):
@@ -186,7 +189,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """The backbone stored in a checkpoint, on ``device``, plus the checkpoint dict."""
     checkpoint = load_checkpoint(path)
-    model = build_backbone(checkpoint["params"]["backbone"])
+    backbone = checkpoint["params"].get("backbone") if isinstance(checkpoint["params"], dict) else None
+    if not isinstance(backbone, dict) or "arch" not in backbone:
+        raise CheckpointError(f"{path}: checkpoint params hold no backbone spec with an 'arch' (got {backbone!r})")
+    try:
+        model = build_backbone(backbone)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: cannot build the backbone {backbone}: {error}") from error
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as error:
@@ -232,6 +241,11 @@ def train(
     out_dir = Path(out_dir)
     dev = resolve_device(device)
     state_dir = out_dir / "train_state"
+    # A job killed inside torch.save leaves its temporary file (~135 MB for ResNet-18 with Adam state); this job
+    # is the only writer of these folders, so what is there now is debris.
+    for folder in (state_dir, out_dir / "checkpoints"):
+        for path in remove_temp_files(folder):
+            log.info("removed %s, left by a killed run", path)
     data_files = [Path(data_dir) / f"{params.split}.npy", Path(data_dir) / f"{params.val_split}.npy"]
     fingerprint = run_fingerprint(params, data_files, dev.type)
 
@@ -284,6 +298,7 @@ def train(
             disable=(not progress) if progress is not None else None,
             leave=False,
         )
+        shown = time.monotonic()
         for episode in bar:
             support, query = gather_episode(train_split, indices[episode], spec)
             with bf16_autocast(dev, params.bf16):
@@ -294,10 +309,27 @@ def train(
             optimizer.step()
             loss_sum += loss.detach()
             acc_sum += accuracy
-            if not bar.disable and (episode + 1) % 10 == 0:  # host sync only when someone is watching
-                bar.set_postfix(
-                    loss=f"{loss_sum.item() / (episode + 1):.3f}", acc=f"{acc_sum.item() / (episode + 1):.3f}"
-                )
+            # Running loss and accuracy need a host sync, so they are read only when shown: on the bar (a terminal)
+            # every half second, or as a log line every LOG_PROGRESS_EVERY seconds when there is no terminal (a
+            # Snakemake job's log), which also gives a line per epoch below. --no-progress shows neither.
+            since = time.monotonic() - shown
+            if progress is not False and since >= (0.5 if not bar.disable else LOG_PROGRESS_EVERY):
+                done = episode + 1
+                loss_now, acc_now = loss_sum.item() / done, acc_sum.item() / done
+                if not bar.disable:
+                    bar.set_postfix(loss=f"{loss_now:.3f}", acc=f"{acc_now:.3f}")
+                else:
+                    log.info(
+                        "epoch %d/%d: %d/%d episodes, %.1f episodes/s, loss %.4f acc %.4f",
+                        epoch,
+                        params.epochs,
+                        done,
+                        params.episodes_per_epoch,
+                        done / (time.perf_counter() - began),
+                        loss_now,
+                        acc_now,
+                    )
+                shown = time.monotonic()
         train_loss = float(loss_sum) / params.episodes_per_epoch
         train_acc = float(acc_sum) / params.episodes_per_epoch
         train_seconds = time.perf_counter() - began
@@ -327,6 +359,8 @@ def train(
             "scheduler": scheduler.state_dict(),
             "rng": _rng_state(generator),
             "log": rows,
+            # Provenance only (not part of the fingerprint): where and with what this epoch was computed.
+            "environment": {"device": str(dev), "torch": str(torch.__version__), "metacollapse": __version__},
         }
         with atomic_path(state_dir / checkpoint_name(epoch)) as tmp:
             torch.save(checkpoint, tmp)

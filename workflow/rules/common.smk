@@ -12,11 +12,14 @@ validate(config, schema="../schemas/config.schema.yaml")
 CONDA_ENV = "../../environment.yml"  # the one environment every rule runs in
 RAW_ZIPS = ["images_background.zip", "images_evaluation.zip"]
 SPLITS = ["train", "val", "trainval", "test"]
-BACKBONES = list(config["backbones"])
+# A backbone set to null is dropped: --configfile merges into config/config.yaml key by key and cannot delete one.
+BACKBONES = [name for name, options in config["backbones"].items() if options is not None]
 EPOCHS = list(range(1, config["train"]["epochs"] + 1))
 FEATURE_EPOCHS = EPOCHS if config["features"]["epochs"] == "all" else sorted(config["features"]["epochs"])
 FIGURES = list(FIGURE_NAMES)  # one source of truth: the figures module draws exactly these
 
+if not BACKBONES:
+    raise ValueError("config: every entry of `backbones` is null; at least one backbone must remain")
 if max(FEATURE_EPOCHS) > config["train"]["epochs"]:
     raise ValueError(
         f"config: features.epochs asks for epoch {max(FEATURE_EPOCHS)} "
