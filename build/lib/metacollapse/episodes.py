@@ -1,0 +1,113 @@
+"""Few-shot episodes drawn on the training device.
+
+A split lives on the device as one uint8 tensor ``[classes, images_per_class, 28, 28]``. An episode is a pair of
+index tensors (which classes, which images of each class), drawn with a seeded ``torch.Generator``; its images
+are gathered by indexing and turned into floats on the device. No DataLoader and no per-episode Python image work:
+a whole epoch of episode indices is drawn in one call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """Shape of an episode: ``n_way`` classes, ``n_support`` + ``n_query`` distinct images of each."""
+
+    n_way: int
+    n_support: int
+    n_query: int
+
+    @property
+    def shots_total(self) -> int:
+        return self.n_support + self.n_query
+
+
+@dataclass(frozen=True)
+class EpisodeIndices:
+    """Indices of a batch of episodes into a split tensor.
+
+    ``classes``: ``[episodes, n_way]`` class rows; ``images``: ``[episodes, n_way, n_support + n_query]`` image
+    columns. Within a class the first ``n_support`` images are the support set, the rest the queries.
+    """
+
+    classes: torch.Tensor
+    images: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.classes.shape[0])
+
+    def to(self, device: torch.device | str) -> EpisodeIndices:
+        return EpisodeIndices(self.classes.to(device), self.images.to(device))
+
+    def __getitem__(self, episode: int) -> EpisodeIndices:
+        return EpisodeIndices(self.classes[episode : episode + 1], self.images[episode : episode + 1])
+
+
+def check_spec(spec: EpisodeSpec, num_classes: int, images_per_class: int, what: str = "episode") -> None:
+    """Fail early, naming the numbers, if the split cannot supply such episodes."""
+    if spec.n_way < 2 or spec.n_support < 1 or spec.n_query < 1:
+        raise ValueError(f"{what}: need n_way >= 2, n_support >= 1, n_query >= 1, got {spec}")
+    if spec.n_way > num_classes:
+        raise ValueError(f"{what}: n_way={spec.n_way} but the split has only {num_classes} classes")
+    if spec.shots_total > images_per_class:
+        raise ValueError(f"{what}: n_support + n_query = {spec.shots_total} but classes have {images_per_class} images")
+
+
+def sample_episode_indices(
+    num_classes: int,
+    images_per_class: int,
+    spec: EpisodeSpec,
+    episodes: int,
+    generator: torch.Generator,
+) -> EpisodeIndices:
+    """Draw ``episodes`` episodes at once, uniformly: classes without replacement, images without replacement.
+
+    Ranking uniform noise (``rand().argsort()``) gives a uniform random permutation per row, batched over
+    episodes, on the generator's device; this is one kernel per epoch instead of a Python loop of randperms.
+    """
+    check_spec(spec, num_classes, images_per_class)
+    device = generator.device
+    class_noise = torch.rand(episodes, num_classes, generator=generator, device=device)
+    classes = class_noise.argsort(dim=1)[:, : spec.n_way]
+    image_noise = torch.rand(episodes, spec.n_way, images_per_class, generator=generator, device=device)
+    images = image_noise.argsort(dim=2)[:, :, : spec.shots_total]
+    return EpisodeIndices(classes, images)
+
+
+def fixed_episode_indices(
+    num_classes: int, images_per_class: int, spec: EpisodeSpec, episodes: int, seed: int
+) -> EpisodeIndices:
+    """Episodes drawn once from their own seed on the CPU, so they are the same on every device and backbone."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    return sample_episode_indices(num_classes, images_per_class, spec, episodes, generator)
+
+
+def gather_episode(
+    split: torch.Tensor, indices: EpisodeIndices, spec: EpisodeSpec
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images of one episode as float tensors on the split's device.
+
+    Returns ``support`` ``[n_way * n_support, 1, H, W]`` and ``query`` ``[n_way * n_query, 1, H, W]``, both
+    class-major (all images of class 0 first), values in {0, 1}.
+    """
+    if len(indices) != 1:
+        raise ValueError(f"gather_episode takes one episode, got {len(indices)}")
+    classes = indices.classes[0].to(split.device)
+    images = indices.images[0].to(split.device)
+    batch = split[classes[:, None], images]  # [n_way, shots_total, H, W], still uint8
+    batch = batch.to(torch.float32).unsqueeze(2)  # [n_way, shots_total, 1, H, W]
+    support = batch[:, : spec.n_support].reshape(-1, *batch.shape[2:])
+    query = batch[:, spec.n_support :].reshape(-1, *batch.shape[2:])
+    return support, query
+
+
+def split_to_device(array: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """Move a whole uint8 split array to the device once (uint8 keeps it 4x smaller than float32)."""
+    if array.dtype != np.uint8 or array.ndim != 4:
+        raise ValueError(f"expected a uint8 array [classes, images, H, W], got {array.dtype} {array.shape}")
+    return torch.from_numpy(np.ascontiguousarray(array)).to(device)
