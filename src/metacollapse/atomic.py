@@ -1,4 +1,4 @@
-"""Atomic file output and file hashing, shared by every module that writes pipeline outputs.
+"""File I/O shared by every module: atomic output, guarded ``.npz`` reading, hashing.
 
 Snakemake (and people) treat an existing output file as finished, so no code in this package may leave a
 half-written file at a target path. Everything here writes to a temporary file in the *same directory*
@@ -10,6 +10,7 @@ half-written file at a target path. Everything here writes to a temporary file i
 - ``atomic_write_bytes(target, data)``: the one-shot version for bytes.
 - ``atomic_write_text(target, text)``: the same for UTF-8 text.
 - ``remove_temp_files(directory)``: delete temporaries that a killed writer (SIGKILL cannot be caught) left.
+- ``read_npz(path, what)``: every array of an ``.npz``; a damaged file is a ValueError naming it.
 - ``sha256_file(path)`` / ``hash_file(path, algorithm)``: streaming hex digests.
 """
 
@@ -20,10 +21,22 @@ import hashlib
 import os
 import re
 import secrets
+import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "hash_file", "remove_temp_files", "sha256_file"]
+import numpy as np
+
+__all__ = [
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "hash_file",
+    "read_npz",
+    "remove_temp_files",
+    "sha256_file",
+]
 
 _CHUNK = 1 << 20
 
@@ -126,3 +139,16 @@ def hash_file(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file's bytes."""
     return hash_file(path, "sha256")
+
+
+def read_npz(path: str | os.PathLike[str], what: str) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` at ``path`` (no pickles). ``what`` names the file's role in the error.
+
+    np.load raises BadZipFile (not an OSError) on a truncated archive and zlib/EOF errors on damaged members;
+    all of them become one ValueError naming the file, which the CLI prints as one line.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        raise ValueError(f"{path}: cannot read {what} ({type(exc).__name__}: {exc})") from exc

@@ -116,9 +116,10 @@ class Stage:
         return [path for path, _ in (*self.outs, *self.metrics)]
 
 
-def _backbones(config: Mapping[str, Any]) -> list[str]:
+def configured_backbones(config: Mapping[str, Any]) -> list[str]:
+    """The backbones a config runs, in config order. A backbone set to null is dropped: config files merge key by
+    key, so null is how a preset removes an inherited one. The workflow's wildcards use this list too."""
     try:
-        # null drops a backbone (see workflow/rules/common.smk)
         return [name for name, options in config["backbones"].items() if options is not None]
     except (KeyError, TypeError, AttributeError) as error:
         raise ValueError("config has no `backbones` mapping") from error
@@ -139,7 +140,7 @@ def features_target_rule(backbone: str) -> str:
 
 def pipeline_stages(config: Mapping[str, Any]) -> list[Stage]:
     """The DVC stages for ``config``, in pipeline order (only backbone names are read from it)."""
-    backbones = _backbones(config)
+    backbones = configured_backbones(config)
     per_backbone = [f"results/{b}/{name}" for b in backbones for name in ("train_log.csv", "fewshot_accuracy.csv")]
     stages = [
         Stage(
@@ -254,7 +255,7 @@ def plot_file(backbone: str) -> str:
 
 def plot_definitions(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Top-level ``plots:`` of dvc.yaml: training curves, and NC curves per metric and backbone."""
-    backbones = _backbones(config)
+    backbones = configured_backbones(config)
     probes = _probes(config)
     plots: list[dict[str, Any]] = []
     for name, columns, title in (

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zipfile
-import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metacollapse.atomic import atomic_path
+from metacollapse.atomic import atomic_path, read_npz
 from metacollapse.episodes import EpisodeIndices, EpisodeSpec, check_spec, fixed_episode_indices
 
 SUPPORT, QUERY = 0, 1
@@ -70,20 +68,21 @@ def make_probes(probes: Mapping[str, Mapping[str, Any]], seed: int, data_dir: Pa
 
 def load_probes(path: Path) -> tuple[dict[str, Any], dict[str, EpisodeIndices]]:
     """The probe specification and each probe's indices; a damaged or foreign file is a ValueError naming it."""
+    arrays = read_npz(path, "the probe file")
+    if "spec" not in arrays:
+        raise ValueError(f"{path}: not a probe file (no 'spec' entry; has {sorted(arrays)})")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            if "spec" not in npz.files:
-                raise ValueError(f"{path}: not a probe file (no 'spec' entry; has {sorted(npz.files)})")
-            spec = json.loads(str(npz["spec"]))
-            missing = [f"{n}/{k}" for n in spec["probes"] for k in ("classes", "images") if f"{n}/{k}" not in npz.files]
-            if missing:
-                raise ValueError(f"{path}: probe file lacks {missing} named by its own spec")
-            indices = {
-                name: EpisodeIndices(torch.from_numpy(npz[f"{name}/classes"]), torch.from_numpy(npz[f"{name}/images"]))
-                for name in spec["probes"]
-            }
-    except (OSError, EOFError, KeyError, TypeError, zipfile.BadZipFile, zlib.error, json.JSONDecodeError) as exc:
+        spec = json.loads(str(arrays["spec"]))
+        names = list(spec["probes"])
+    except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: cannot read the probe file ({type(exc).__name__}: {exc})") from exc
+    missing = [f"{n}/{k}" for n in names for k in ("classes", "images") if f"{n}/{k}" not in arrays]
+    if missing:
+        raise ValueError(f"{path}: probe file lacks {missing} named by its own spec")
+    indices = {
+        name: EpisodeIndices(torch.from_numpy(arrays[f"{name}/classes"]), torch.from_numpy(arrays[f"{name}/images"]))
+        for name in names
+    }
     return spec, indices
 
 

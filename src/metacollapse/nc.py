@@ -19,14 +19,13 @@ public single-problem functions call the same code with E = 1.
 from __future__ import annotations
 
 import os
-import tempfile
-import zipfile
-import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from metacollapse.atomic import atomic_path, read_npz
 
 __all__ = [
     "CLASSIFIER_METRICS",
@@ -345,12 +344,7 @@ def load_feature_dump(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Load a feature dump ``.npz`` (docs/CONTRACTS.md) into a dict of arrays; raise naming the file if a key
     is missing or the file cannot be read without pickles."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            dump = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
-        # np.load raises BadZipFile (not an OSError) on a truncated .npz; the user needs the file's name.
-        raise ValueError(f"{path}: cannot read feature dump ({type(exc).__name__}: {exc})") from exc
+    dump = read_npz(path, "feature dump")
     missing = [key for key in REQUIRED_DUMP_KEYS if key not in dump]
     if missing:
         raise ValueError(f"{path}: feature dump is missing keys {missing} (has {sorted(dump)})")
@@ -485,8 +479,7 @@ def epoch_nc_table(dump: Mapping[str, np.ndarray]) -> pd.DataFrame:
 def nc_table_for_file(npz_path: str | os.PathLike[str], out_csv: str | os.PathLike[str]) -> pd.DataFrame:
     """Compute the NC table of one feature dump and write it to ``out_csv`` atomically; return the table.
 
-    The CSV is written to a temporary file in the destination directory and moved into place with
-    ``os.replace``, so readers never see a partial file.
+    The CSV goes through :func:`metacollapse.atomic.atomic_path`, so readers never see a partial file.
     """
     npz_path, out_csv = Path(npz_path), Path(out_csv)
     dump = load_feature_dump(npz_path)
@@ -494,13 +487,6 @@ def nc_table_for_file(npz_path: str | os.PathLike[str], out_csv: str | os.PathLi
         table = epoch_nc_table(dump)
     except ValueError as exc:
         raise ValueError(f"{npz_path}: {exc}") from exc
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_csv.name}.", suffix=".tmp", dir=out_csv.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            table.to_csv(handle, index=False)
-        os.replace(tmp_name, out_csv)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as handle:
+        table.to_csv(handle, index=False)
     return table

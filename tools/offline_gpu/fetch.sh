@@ -32,7 +32,11 @@ for _ in 1 2 3 4 5 6 7 8; do
   python3 -m pip wheel -q --no-deps -w "$out/wheels" "$spec"
 done
 [ -n "$resolved" ] || { echo "could not resolve snakemake==$snakemake_version for Python $pyver" >&2; exit 1; }
-python3 -m pip wheel -q --no-deps --no-build-isolation -w "$out/wheels" "$repo"
+# Build this package's wheel from a copy: setuptools would leave build/ in the checkout.
+src_copy=$(mktemp -d)
+trap 'rm -rf "$src_copy"' EXIT
+cp -r "$repo/pyproject.toml" "$repo/README.md" "$repo/src" "$src_copy/"
+python3 -m pip wheel -q --no-deps --no-build-isolation -w "$out/wheels" "$src_copy"
 
 cp "$omniglot"/images_background.zip "$omniglot"/images_evaluation.zip "$omniglot"/SHA256SUMS "$out/omniglot/"
 (cd "$out/omniglot" && sha256sum -c --quiet SHA256SUMS)

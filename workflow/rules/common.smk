@@ -3,6 +3,7 @@ import json
 
 from snakemake.utils import validate
 
+from metacollapse.dvc import configured_backbones
 from metacollapse.figures import FIGURE_NAMES
 
 
@@ -12,8 +13,7 @@ validate(config, schema="../schemas/config.schema.yaml")
 CONDA_ENV = "../../environment.yml"  # the one environment every rule runs in
 RAW_ZIPS = ["images_background.zip", "images_evaluation.zip"]
 SPLITS = ["train", "val", "trainval", "test"]
-# A backbone set to null is dropped: --configfile merges into config/config.yaml key by key and cannot delete one.
-BACKBONES = [name for name, options in config["backbones"].items() if options is not None]
+BACKBONES = configured_backbones(config)  # a backbone set to null is dropped
 EPOCHS = list(range(1, config["train"]["epochs"] + 1))
 FEATURE_EPOCHS = EPOCHS if config["features"]["epochs"] == "all" else sorted(config["features"]["epochs"])
 FIGURES = list(FIGURE_NAMES)  # one source of truth: the figures module draws exactly these
