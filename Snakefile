@@ -1,7 +1,7 @@
-# metacollapse: neural collapse in Prototypical Networks on Omniglot (Medepalli & Doraiswamy, arXiv 2310.00451).
+# metacollapse: neural collapse in few-shot learners on Omniglot (after Medepalli & Doraiswamy, arXiv 2310.00451).
 #   snakemake --cores all                                  # paper protocol (config/config.yaml)
-#   snakemake --cores all --configfile config/quick.yaml   # CPU preset, minutes
-# Stages live in workflow/rules/*.smk; every rule calls the `metacollapse` CLI.
+#   snakemake --cores all --configfile config/quick.yaml   # every stage in minutes on a CPU
+# Stages live in workflow/rules/*.smk; every rule calls the `metacollapse` command line.
 
 from snakemake.utils import min_version
 
@@ -18,12 +18,27 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/features.smk"
-include: "workflow/rules/figures.smk"
-include: "workflow/rules/dvc.smk"
+include: "workflow/rules/summary.smk"
+
+
+localrules:
+    all,
+    download,
+    probes,
+    aggregate,
+    figures,
+    dvc_metrics,
+
+
+onstart:
+    # On a CPU, say how long the runs still to train would take (measured now) and name the CPU presets.
+    os.environ["METACOLLAPSE_PLAN"] = cpu_plan()
+    shell("metacollapse estimate || true")
 
 
 rule all:
     default_target: True
     input:
-        all_targets(),
-        rules.dvc_summary.output,
+        rules.figures.output,
+        rules.dvc_metrics.output,
+        run_files("results/{run}/fewshot_accuracy.csv"),

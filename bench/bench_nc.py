@@ -1,34 +1,36 @@
-"""Benchmark: NC metrics for one epoch of both backbones against the 5-second budget.
+"""Benchmark: the NC table of one epoch (metrics + null baselines) for d = 64 and d = 512.
 
-Builds synthetic feature dumps with the real probe sizes (docs/CONTRACTS.md layout) for Conv-4 (d=64) and
-ResNet-18 (d=512), times ``metacollapse.nc.epoch_nc_table`` (best of 3) on each, and also the file-level path
-``nc_table_for_file`` (npz load + table + atomic CSV write). Run: ``.venv/bin/python bench/bench_nc.py``
-(``--blas-threads 1`` pins OpenBLAS to one thread; it must be set before numpy is imported, hence the
-late imports). On a busy 2-core machine multi-threaded OpenBLAS can spin on these small matrices.
+Builds synthetic feature dumps with the paper's probe sizes (docs/CONTRACTS.md layout) and times
+``metacollapse.nc.epoch_nc_table`` (best of ``--repeats``) twice: with an empty null cache (the first epoch of a
+run, which computes the null baselines) and with the cache a previous epoch filled (every later epoch).
+Prints a table and one line per figure::
+
+    RESULT bench=nc dim=64 first_epoch_s=... later_epoch_s=...
+
+Run: ``.venv/bin/python bench/bench_nc.py`` (``--blas-threads 1`` pins OpenBLAS to one thread; it must be set
+before numpy is imported, hence the late imports).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-BUDGET_S = 5.0
-BACKBONES = {"conv4": 64, "resnet18": 512}
+DIMS = (64, 512)
 # name: (kind, episodes, n_way, n_support, n_query, classes in the split)
 PROBES = {
     "train_episodes": ("episodic", 20, 60, 5, 5, 4112),
-    "val_episodes": ("episodic", 20, 5, 5, 15, 688),
+    "val_episodes": ("episodic", 50, 5, 5, 15, 688),
     "train_classes": ("classes", 1, 60, 5, 15, 4112),
     "test_classes": ("classes", 1, 60, 5, 15, 1692),
 }
 
 
-def synthetic_dump(dim: int, backbone: str, seed: int = 0) -> dict:
-    """A feature dump of the real probe sizes: ReLU(class centre + noise), float32, rows in probe order."""
+def synthetic_dump(dim: int, seed: int = 0) -> dict:
+    """A feature dump of the paper's probe sizes: ReLU(class centre + noise), float32, rows in probe order."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -37,14 +39,14 @@ def synthetic_dump(dim: int, backbone: str, seed: int = 0) -> dict:
         centres = rng.normal(size=(n_classes, dim)).astype(np.float32)
         for ep in range(episodes):
             classes = rng.choice(n_classes, size=n_way, replace=False)
-            per = n_sup + n_qry
-            lab = np.repeat(classes, per)
+            lab = np.repeat(classes, n_sup + n_qry)
             noise = 0.7 * rng.normal(size=(lab.size, dim)).astype(np.float32)
             feats.append(np.maximum(centres[lab] + noise, 0.0))
             labels.append(lab)
             probe.append(np.full(lab.size, p))
             episode.append(np.full(lab.size, ep if kind == "episodic" else 0))
             role.append(np.tile(np.r_[np.zeros(n_sup), np.ones(n_qry)], n_way))
+    meta = {"run": f"bench_d{dim}", "learner": "protonet", "backbone": "conv4", "width": dim, "seed": 0}
     return {
         "features": np.concatenate(feats).astype(np.float32),
         "labels": np.concatenate(labels).astype(np.int64),
@@ -53,8 +55,10 @@ def synthetic_dump(dim: int, backbone: str, seed: int = 0) -> dict:
         "role": np.concatenate(role).astype(np.int8),
         "probe_names": np.array(list(PROBES)),
         "probe_kinds": np.array([v[0] for v in PROBES.values()]),
+        "probe_bn_modes": np.array(["train", "eval", "eval", "eval"]),
+        "probe_splits": np.array(["train", "val", "train", "test"]),
         "epoch": np.array(1, dtype=np.int64),
-        "backbone": np.array(backbone),
+        "meta": np.array(json.dumps(meta)),
     }
 
 
@@ -77,31 +81,25 @@ def main() -> None:
             raise RuntimeError("--blas-threads must be applied before numpy is imported")
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(args.blas_threads)
-    import numpy as np
 
-    from metacollapse.nc import epoch_nc_table, nc_table_for_file
+    from metacollapse.nc import NULL_MIN_DRAWS, NULL_SAMPLES, epoch_nc_table
 
     threads = os.environ.get("OPENBLAS_NUM_THREADS", "default")
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"cpus={os.cpu_count()}  blas_threads={threads}  load_avg=({load})  best of {args.repeats}")
-    total_table = total_file = 0.0
-    with tempfile.TemporaryDirectory() as tmp:
-        for backbone, dim in BACKBONES.items():
-            dump = synthetic_dump(dim, backbone)
-            npz = Path(tmp) / f"{backbone}.npz"
-            np.savez(npz, **dump)
-            t_table = best_of(args.repeats, lambda dump=dump: epoch_nc_table(dump))
-            t_file = best_of(args.repeats, lambda npz=npz: nc_table_for_file(npz, Path(tmp) / "nc.csv"))
-            rows = len(epoch_nc_table(dump))
-            total_table += t_table
-            total_file += t_file
-            print(
-                f"{backbone:9s} d={dim:3d}  N={dump['features'].shape[0]:5d}  rows={rows}  "
-                f"epoch_nc_table {t_table:.3f}s  nc_table_for_file {t_file:.3f}s"
-            )
-    share = total_table / BUDGET_S
-    print(f"total epoch_nc_table {total_table:.3f}s  = {share:.1%} of the {BUDGET_S:.0f}s budget")
-    print(f"total nc_table_for_file {total_file:.3f}s  = {total_file / BUDGET_S:.1%} of the budget")
+    print(f"null baselines: {NULL_SAMPLES} rows per layout, at least {NULL_MIN_DRAWS} draws")
+    print(f"{'d':>4} {'N':>6} {'rows':>5} {'first_epoch_s':>14} {'later_epoch_s':>14} {'nulls_only_s':>13}")
+    results = []
+    for dim in DIMS:
+        dump = synthetic_dump(dim)
+        first = best_of(args.repeats, lambda dump=dump: epoch_nc_table(dump, null_cache={}))
+        cache: dict = {}
+        rows = len(epoch_nc_table(dump, null_cache=cache))
+        later = best_of(args.repeats, lambda dump=dump, cache=cache: epoch_nc_table(dump, null_cache=cache))
+        print(f"{dim:>4} {dump['features'].shape[0]:>6} {rows:>5} {first:>14.3f} {later:>14.3f} {first - later:>13.3f}")
+        results.append((dim, first, later))
+    for dim, first, later in results:
+        print(f"RESULT bench=nc dim={dim} first_epoch_s={first:.3f} later_epoch_s={later:.3f}")
 
 
 if __name__ == "__main__":

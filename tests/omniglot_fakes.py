@@ -1,6 +1,7 @@
 """Test helpers for the data layer: small synthetic Omniglot-shaped mirrors, and the real mirror's location.
 
-A fake mirror is a folder with ``images_background.zip``, ``images_evaluation.zip`` (layout
+The real mirror is found (or made once in the user cache) by :func:`real_mirror`. A fake mirror is a folder with
+``images_background.zip``, ``images_evaluation.zip`` (layout
 ``images_<set>/<Alphabet>/characterNN/<id>_<drawer>.png``, 105x105 1-bit PNGs, as in the real zips) and a
 ``SHA256SUMS``, plus a split-list folder with ``{split}.txt`` and its own ``SHA256SUMS``. Every image is
 deterministic, different for every (character, drawer), and asymmetric (a big stroke block in the upper-left
@@ -9,6 +10,7 @@ quadrant) so that rotation direction and drawer order can be checked.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -22,8 +24,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from metacollapse.data import DataError, download_omniglot, make_mirror
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MIRROR_ENV = "METACOLLAPSE_OMNIGLOT_MIRROR"
+UPSTREAM_ENV = "METACOLLAPSE_OMNIGLOT_UPSTREAM"
 ZIP_NAMES = ("images_background.zip", "images_evaluation.zip")
 
 # zip name -> alphabet -> number of characters. The names include the odd characters real alphabets have.
@@ -46,20 +51,53 @@ DEFAULT_SPLITS: dict[str, list[str]] = {
 DEFAULT_SPLITS["trainval"] = DEFAULT_SPLITS["train"] + DEFAULT_SPLITS["val"]
 
 
-def real_mirror() -> Path:
-    """The real Omniglot mirror (``$METACOLLAPSE_OMNIGLOT_MIRROR``, default ``<repo>/../shared/data/omniglot``).
+def cache_mirror_dir() -> Path:
+    """The tests' own mirror of the official zips: ``${XDG_CACHE_HOME:-~/.cache}/metacollapse/omniglot``."""
+    base = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(base) if base else Path.home() / ".cache") / "metacollapse" / "omniglot"
 
-    Fails the calling test (never skips: CI always has the mirror) if it or one of its files is missing.
+
+def _missing(folder: Path) -> list[str]:
+    return [name for name in (*ZIP_NAMES, "SHA256SUMS") if not (folder / name).is_file()]
+
+
+_HOW_TO = (
+    f"set {MIRROR_ENV} to a folder holding {', '.join(ZIP_NAMES)} and a SHA256SUMS in sha256sum format "
+    f"(in that folder: `sha256sum {' '.join(ZIP_NAMES)} > SHA256SUMS`, or call "
+    "metacollapse.data.make_mirror(zips_dir, mirror_dir))"
+)
+
+
+@functools.cache
+def real_mirror() -> Path:
+    """The real Omniglot image set as a download mirror (a folder with both zips and ``SHA256SUMS``).
+
+    In order: ``$METACOLLAPSE_OMNIGLOT_MIRROR`` if set (it must then be complete); ``<repo>/../shared/data/omniglot``
+    (CI has it); the user cache ``cache_mirror_dir()``, which on first use is filled once with the official zips
+    by ``download_omniglot`` and made a mirror by ``make_mirror``. Fails the calling test (never skips) with
+    what to do if none of these works.
     """
-    env = os.environ.get(MIRROR_ENV)
-    mirror = Path(env) if env else REPO_ROOT.parent / "shared" / "data" / "omniglot"
-    missing = [name for name in (*ZIP_NAMES, "SHA256SUMS") if not (mirror / name).is_file()]
-    if missing:
-        pytest.fail(
-            f"real Omniglot mirror incomplete at {mirror} (missing {', '.join(missing)}); "
-            f"set {MIRROR_ENV} to a folder with {', '.join(ZIP_NAMES)} and SHA256SUMS"
-        )
-    return mirror.resolve()
+    env = os.environ.get(MIRROR_ENV, "").strip()
+    if env:
+        mirror = Path(env).expanduser()
+        missing = _missing(mirror)
+        if missing:
+            pytest.fail(f"{MIRROR_ENV}={env!r} is not an Omniglot mirror (missing {', '.join(missing)}); {_HOW_TO}")
+        return mirror.resolve()
+    default = REPO_ROOT.parent / "shared" / "data" / "omniglot"
+    if not _missing(default):
+        return default.resolve()
+    cache = cache_mirror_dir()
+    if _missing(cache):
+        try:
+            download_omniglot(cache, None)  # the official upstream: the mirror variable is unset here
+            make_mirror(cache, cache)
+        except (DataError, OSError) as exc:
+            pytest.fail(
+                f"no Omniglot mirror: {MIRROR_ENV} is not set, {default} is missing, and fetching the official "
+                f"zips into {cache} failed ({exc}); {_HOW_TO}"
+            )
+    return cache.resolve()
 
 
 def fake_glyph(seed: int, size: int = 105) -> np.ndarray:

@@ -16,8 +16,11 @@ import numpy as np
 import pytest
 from omniglot_fakes import (
     DEFAULT_SPLITS,
+    MIRROR_ENV,
+    UPSTREAM_ENV,
     ZIP_NAMES,
     FakeOmniglot,
+    build_zip,
     fake_glyph,
     list_files,
     make_fake_omniglot,
@@ -30,7 +33,14 @@ from omniglot_fakes import (
 
 from metacollapse import data
 from metacollapse.atomic import atomic_path, atomic_write_bytes, atomic_write_text, hash_file, sha256_file
-from metacollapse.data import DataError, data_info, download_omniglot, load_split, prepare_splits
+from metacollapse.data import DataError, data_info, download_omniglot, load_split, make_mirror, prepare_splits
+
+
+@pytest.fixture(autouse=True)
+def _no_source_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test here names its own source; a mirror or upstream set in the caller's environment must not leak in."""
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    monkeypatch.delenv(UPSTREAM_ENV, raising=False)
 
 
 @pytest.fixture
@@ -130,23 +140,169 @@ def test_download_replaces_corrupt_existing_file(fake: FakeOmniglot, tmp_path: P
     assert (out / ZIP_NAMES[0]).read_bytes() == fake.zips[0].read_bytes()
 
 
-def test_download_default_is_upstream_with_md5(
-    fake: FakeOmniglot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The network is not used in tests: point the "upstream" at the fake folder and pin its md5s.
-    monkeypatch.setattr(data, "UPSTREAM_URL", fake.mirror.as_uri() + "/")
-    monkeypatch.setattr(data, "UPSTREAM_MD5", {p.name: hash_file(p, "md5") for p in fake.zips})
-    (fake.mirror / "SHA256SUMS").unlink()  # upstream has no SHA256SUMS; md5 only
+def _write_md5sums(folder: Path, files: list[Path]) -> Path:
+    """``folder/MD5SUMS`` (``md5sum`` format) for ``files``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "MD5SUMS"
+    path.write_text("".join(f"{hash_file(f, 'md5')}  {f.name}\n" for f in files))
+    return path
+
+
+def _closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_constants_name_the_environment_variables() -> None:
+    assert data.MIRROR_ENV == MIRROR_ENV == "METACOLLAPSE_OMNIGLOT_MIRROR"
+    assert data.UPSTREAM_ENV == UPSTREAM_ENV == "METACOLLAPSE_OMNIGLOT_UPSTREAM"
+
+
+def test_default_source_is_the_pinned_upstream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # No variable set: the official URL and md5 pins. The URL is made unreachable so no network is used.
+    url = f"http://127.0.0.1:{_closed_port()}/python/"
+    monkeypatch.setattr(data, "UPSTREAM_URL", url)
+    with pytest.raises(DataError) as err:
+        download_omniglot(tmp_path / "raw")
+    msg = str(err.value)
+    assert f"{url}images_background.zip" in msg and f"md5 {data.UPSTREAM_MD5['images_background.zip']}" in msg
+    assert list_files(tmp_path / "raw") == []
+
+
+def test_upstream_override_with_md5sums(fake: FakeOmniglot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    upstream = tmp_path / "upstream"
+    upstream.mkdir()
+    for path in fake.zips:
+        (upstream / path.name).write_bytes(path.read_bytes())
+    _write_md5sums(upstream, fake.zips)
+    monkeypatch.setenv(UPSTREAM_ENV, upstream.as_uri())
     out = tmp_path / "raw"
     assert download_omniglot(out) == [out / name for name in ZIP_NAMES]
+    assert _snapshot(out) == {p.name: p.read_bytes() for p in fake.zips}
 
-    monkeypatch.setattr(data, "UPSTREAM_MD5", {name: "0" * 32 for name in ZIP_NAMES})
+    # The md5s come from the override's MD5SUMS: a wrong entry there is a mismatch naming both digests.
+    (upstream / "MD5SUMS").write_text(f"{'0' * 32}  {ZIP_NAMES[0]}\n{hash_file(fake.zips[1], 'md5')}  {ZIP_NAMES[1]}\n")
     with pytest.raises(DataError) as err:
         download_omniglot(tmp_path / "raw2")
     msg = str(err.value)
-    assert "images_background.zip" in msg and "md5" in msg and "0" * 32 in msg
+    assert "checksum mismatch" in msg and "images_background.zip" in msg and "md5" in msg and "0" * 32 in msg
     assert hash_file(fake.zips[0], "md5") in msg
     assert list_files(tmp_path / "raw2") == []
+
+
+def test_upstream_override_needs_md5sums(fake: FakeOmniglot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(UPSTREAM_ENV, str(fake.mirror))  # has SHA256SUMS but no MD5SUMS
+    with pytest.raises(DataError) as err:
+        download_omniglot(tmp_path / "raw")
+    msg = str(err.value)
+    assert "MD5SUMS" in msg and UPSTREAM_ENV in msg and str(fake.mirror) in msg
+    assert list_files(tmp_path / "raw") == []
+
+    # An entry that is not an md5 (here a sha256) is refused before anything is downloaded.
+    (fake.mirror / "MD5SUMS").write_text("".join(f"{sha256_file(p)}  {p.name}\n" for p in fake.zips))
+    with pytest.raises(DataError, match=r"images_background\.zip has 64 hex digits, expected 32 for md5"):
+        download_omniglot(tmp_path / "raw")
+    assert list_files(tmp_path / "raw") == []
+
+
+@pytest.mark.parametrize("argument", [None, ""])
+def test_mirror_from_the_environment(
+    fake: FakeOmniglot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argument: str | None
+) -> None:
+    monkeypatch.setenv(UPSTREAM_ENV, str(tmp_path / "no-upstream"))  # fails at once if the mirror is ignored
+    monkeypatch.setenv(MIRROR_ENV, str(fake.mirror))
+    out = tmp_path / "raw"
+    assert download_omniglot(out, argument) == [out / name for name in ZIP_NAMES]
+    assert _snapshot(out) == {p.name: p.read_bytes() for p in fake.zips}
+
+
+def test_mirror_argument_wins_over_the_environment(
+    fake: FakeOmniglot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(MIRROR_ENV, str(tmp_path / "no-such-mirror"))
+    out = tmp_path / "raw"
+    download_omniglot(out, str(fake.mirror))
+    assert _snapshot(out) == {p.name: p.read_bytes() for p in fake.zips}
+
+
+def test_empty_mirror_variable_means_upstream(
+    fake: FakeOmniglot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write_md5sums(fake.mirror, fake.zips)
+    monkeypatch.setenv(UPSTREAM_ENV, str(fake.mirror))
+    monkeypatch.setenv(MIRROR_ENV, "")
+    (fake.mirror / "SHA256SUMS").unlink()  # would be needed if "" were taken as a mirror
+    out = tmp_path / "raw"
+    download_omniglot(out)
+    assert _snapshot(out) == {p.name: p.read_bytes() for p in fake.zips}
+
+
+def test_finished_out_dir_survives_a_changed_or_omitted_mirror(
+    fake: FakeOmniglot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "raw"
+    download_omniglot(out, str(fake.mirror))
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()}
+    # The upstream publishes md5s that the finished zips match but serves no zips: any download would fail.
+    upstream = tmp_path / "upstream"
+    _write_md5sums(upstream, fake.zips)
+    monkeypatch.setenv(UPSTREAM_ENV, str(upstream))
+    for path in fake.zips:
+        path.unlink()
+    # Another mirror whose checksums list other files (and which serves none).
+    other = tmp_path / "other-mirror"
+    other.mkdir()
+    (other / "SHA256SUMS").write_text("".join(f"{'ab' * 32}  {name}\n" for name in ZIP_NAMES))
+
+    assert download_omniglot(out) == [out / name for name in ZIP_NAMES]  # mirror omitted: upstream md5 match
+    monkeypatch.setenv(MIRROR_ENV, str(fake.mirror))  # the old mirror, through the variable
+    assert download_omniglot(out) == [out / name for name in ZIP_NAMES]
+    # Known to neither source: it would be replaced once a new copy verified, but none can be fetched ...
+    with pytest.raises(DataError, match=r"cannot download images_background\.zip .* left as it was"):
+        download_omniglot(out, str(other))
+    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()}
+    assert after == before  # ... and it did not: nothing re-downloaded, nothing lost, nothing added
+
+
+def test_present_zip_matching_nothing_is_replaced_by_the_configured_source(fake: FakeOmniglot, tmp_path: Path) -> None:
+    out = tmp_path / "raw"
+    download_omniglot(out, str(fake.mirror))
+    second = make_fake_omniglot(tmp_path / "second", layout={n: {"Delta": 1} for n in ZIP_NAMES})
+    assert sha256_file(second.zips[0]) != sha256_file(fake.zips[0])
+    download_omniglot(out, str(second.mirror))
+    assert _snapshot(out) == {p.name: p.read_bytes() for p in second.zips}
+
+
+def test_make_mirror(fake: FakeOmniglot, tmp_path: Path) -> None:
+    zips = tmp_path / "zips"
+    _raw_from(fake, zips)
+    mirror = tmp_path / "made"
+    sums = make_mirror(zips, mirror)
+    assert sums == mirror / "SHA256SUMS"
+    assert sums.read_text() == "".join(f"{sha256_file(zips / name)}  {name}\n" for name in ZIP_NAMES)
+    assert list_files(mirror) == sorted([*ZIP_NAMES, "SHA256SUMS"])
+    out = tmp_path / "raw"
+    download_omniglot(out, str(mirror))
+    assert _snapshot(out) == {p.name: p.read_bytes() for p in fake.zips}
+    # In place: the folder of zips becomes a mirror itself.
+    make_mirror(zips, zips)
+    assert (zips / "SHA256SUMS").read_text() == sums.read_text()
+    assert list_files(zips) == sorted([*ZIP_NAMES, "SHA256SUMS"])
+
+
+def test_make_mirror_refuses_missing_or_foreign_zips(fake: FakeOmniglot, tmp_path: Path) -> None:
+    zips = _raw_from(fake, tmp_path / "zips")
+    (zips / ZIP_NAMES[1]).unlink()
+    with pytest.raises(DataError, match=r"images_evaluation\.zip not found"):
+        make_mirror(zips, tmp_path / "m1")
+    build_zip(zips / ZIP_NAMES[1], [("notes/readme.txt", b"not omniglot")])
+    with pytest.raises(DataError, match=r"images_evaluation\.zip: no 'top/Alphabet/characterNN/\*\.png' entries"):
+        make_mirror(zips, tmp_path / "m2")
+    (zips / ZIP_NAMES[1]).write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="not a readable zip"):
+        make_mirror(zips, tmp_path / "m3")
+    assert list_files(tmp_path / "m1") == list_files(tmp_path / "m2") == list_files(tmp_path / "m3") == []
 
 
 def test_download_checksum_mismatch(fake: FakeOmniglot, tmp_path: Path) -> None:
@@ -216,12 +372,6 @@ def test_download_unreachable_local_mirror(tmp_path: Path, as_url: bool) -> None
     assert "SHA256SUMS" in msg and str(missing) in msg
     assert "images_background.zip" in msg  # says what it needed the checksums for
     assert list_files(tmp_path / "raw") == []
-
-
-def _closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_download_unreachable_http_mirror(tmp_path: Path) -> None:

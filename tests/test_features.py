@@ -2,45 +2,54 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from metacollapse.checkpoints import CheckpointError, load_learner
 from metacollapse.data import load_split
 from metacollapse.evaluation import evaluate
-from metacollapse.features import QUERY, SUPPORT, dump_features, load_probes, make_probes
-from metacollapse.nc import epoch_nc_table
-from metacollapse.training import TrainParams, load_model, train
+from metacollapse.features import QUERY, SUPPORT, features_stage, load_probes, make_probes
+from metacollapse.training import train
 
 PROBES = {
     "train_episodes": {"kind": "episodic", "split": "train", "n_way": 6, "n_support": 2, "n_query": 3, "episodes": 4},
     "test_classes": {"kind": "classes", "split": "test", "classes": 7, "n_support": 5},
 }
+SPEC = {
+    "name": "small",
+    "learner": {"name": "protonet"},
+    "backbone": {"arch": "conv4", "width": 16},
+    "seed": 0,
+    "train": {
+        "split": "train",
+        "n_way": 5,
+        "n_support": 2,
+        "n_query": 2,
+        "episodes_per_epoch": 5,
+        "epochs": 2,
+        "lr": 1e-3,
+        "lr_decay_every": 1,
+        "lr_decay_gamma": 0.5,
+    },
+    "val": {"split": "val", "n_way": 5, "n_support": 2, "n_query": 2, "episodes": 2, "seed": 1},
+}
 
 
 @pytest.fixture
 def trained(synthetic_data, tmp_path):
-    params = TrainParams.from_dict(
-        {
-            "backbone": {"arch": "conv4", "width": 16},
-            "seed": 0,
-            "train": {
-                "split": "train",
-                "n_way": 5,
-                "n_support": 2,
-                "n_query": 2,
-                "episodes_per_epoch": 5,
-                "epochs": 2,
-                "lr": 1e-3,
-                "lr_decay_every": 1,
-                "lr_decay_gamma": 0.5,
-                "bf16": False,
-            },
-            "val": {"split": "val", "n_way": 5, "n_support": 2, "n_query": 2, "episodes": 2, "seed": 1},
-        }
-    )
-    train(params, synthetic_data, tmp_path / "run", device="cpu")
+    train(SPEC, synthetic_data, tmp_path / "run", device="cpu", precision="fp32")
     return tmp_path / "run" / "checkpoints"
+
+
+def dump(synthetic_data, trained, tmp_path, probes=PROBES, epochs=(2,), spec=SPEC):
+    make_probes(probes, 5, synthetic_data, tmp_path / "probes.npz")
+    outs = [tmp_path / f"epoch_{e:03d}.npz" for e in epochs]
+    checkpoints = [trained / f"epoch_{e:03d}.pt" for e in epochs]
+    features_stage(spec, checkpoints, tmp_path / "probes.npz", synthetic_data, outs, device="cpu", precision="fp32")
+    return [dict(np.load(out)) for out in outs]
 
 
 def test_probe_sets_are_drawn_once_from_their_seed(synthetic_data, tmp_path):
@@ -78,57 +87,86 @@ def test_a_damaged_probe_file_is_an_error_naming_the_file(synthetic_data, tmp_pa
 
 
 def test_dump_holds_every_probe_image_with_labels_roles_and_episodes(synthetic_data, trained, tmp_path):
-    make_probes(PROBES, 5, synthetic_data, tmp_path / "probes.npz")
-    out = tmp_path / "epoch_002.npz"
-    dump_features(trained / "epoch_002.pt", tmp_path / "probes.npz", synthetic_data, out, "conv4", device="cpu")
-    dump = dict(np.load(out))
-    names = list(dump["probe_names"])
+    (dump0, dump2) = dump(synthetic_data, trained, tmp_path, epochs=(0, 2))
+    assert int(dump0["epoch"]) == 0 and not np.array_equal(dump0["features"], dump2["features"])
+    names = list(dump2["probe_names"])
     assert sorted(names) == ["test_classes", "train_episodes"]
-    kinds = dict(zip(names, dump["probe_kinds"], strict=True))
-    assert kinds == {"train_episodes": "episodic", "test_classes": "classes"}
-    assert int(dump["epoch"]) == 2 and str(dump["backbone"]) == "conv4"
-    episodic = dump["probe"] == names.index("train_episodes")
-    classes = dump["probe"] == names.index("test_classes")
+    assert dict(zip(names, dump2["probe_kinds"], strict=True)) == {
+        "train_episodes": "episodic",
+        "test_classes": "classes",
+    }
+    # the authors' batch-norm modes: training episodes with batch statistics, everything else with running ones
+    assert dict(zip(names, dump2["probe_bn_modes"], strict=True)) == {"train_episodes": "train", "test_classes": "eval"}
+    meta = json.loads(str(dump2["meta"]))
+    assert int(dump2["epoch"]) == 2 and meta == {
+        "run": "small",
+        "learner": "protonet",
+        "backbone": "conv4",
+        "width": 16,
+        "seed": 0,
+    }
+    episodic = dump2["probe"] == names.index("train_episodes")
+    classes = dump2["probe"] == names.index("test_classes")
     assert episodic.sum() == 4 * 6 * 5 and classes.sum() == 7 * 20
-    assert dump["features"].shape == (4 * 6 * 5 + 7 * 20, 16) and dump["features"].dtype == np.float32
-    # per episode: 6 classes, each with 2 support and 3 query images
-    first = episodic & (dump["episode"] == 0)
-    assert len(set(dump["labels"][first])) == 6
-    assert (dump["role"][first] == SUPPORT).sum() == 12 and (dump["role"][first] == QUERY).sum() == 18
-    # class probes: the first n_support images of each class are its support set
-    assert (dump["role"][classes] == SUPPORT).sum() == 7 * 5
+    assert dump2["features"].shape == (4 * 6 * 5 + 7 * 20, 16) and dump2["features"].dtype == np.float32
+    first = episodic & (dump2["episode"] == 0)  # per episode: 6 classes, each with 2 support and 3 query images
+    assert len(set(dump2["labels"][first])) == 6
+    assert (dump2["role"][first] == SUPPORT).sum() == 12 and (dump2["role"][first] == QUERY).sum() == 18
+    assert (dump2["role"][classes] == SUPPORT).sum() == 7 * 5  # a class probe's first n_support images
 
-    # features equal a direct forward pass of the checkpoint's model on the same images (eval mode)
-    model, _ = load_model(trained / "epoch_002.pt")
-    model.eval()
+    learner, _ = load_learner(trained / "epoch_002.pt", SPEC)
+    learner.eval()
     test_split, _ = load_split(synthetic_data, "test")
     _, indices = load_probes(tmp_path / "probes.npz")
     rows = indices["test_classes"].classes[0].numpy()
+    with torch.no_grad():  # eval-mode features equal a direct forward pass of the checkpoint's model
+        direct = learner.backbone(torch.from_numpy(test_split[rows].reshape(-1, 1, 28, 28)).float()).numpy()
+    np.testing.assert_allclose(dump2["features"][classes], direct, rtol=1e-5, atol=1e-6)
+
+    # train-mode episodes: each episode is one batch normalised by its own statistics
+    _, episodes = load_probes(tmp_path / "probes.npz")
+    train_split = torch.from_numpy(load_split(synthetic_data, "train")[0])
+    first_episode = train_split[episodes["train_episodes"].classes[0][:, None], episodes["train_episodes"].images[0]]
+    learner.train()
     with torch.no_grad():
-        direct = model(torch.from_numpy(test_split[rows].reshape(-1, 1, 28, 28)).float()).numpy()
-    np.testing.assert_allclose(dump["features"][classes], direct, rtol=1e-5, atol=1e-6)
-
-    table = epoch_nc_table(dump)
-    assert set(table["probe"]) == {"train_episodes", "test_classes"}
+        batch = learner.backbone(first_episode.reshape(-1, 1, 28, 28).float()).numpy()
+    np.testing.assert_allclose(dump2["features"][first], batch, rtol=1e-5, atol=1e-6)
 
 
-def test_batch_norm_train_mode_changes_the_features(synthetic_data, trained, tmp_path):
-    make_probes(PROBES, 5, synthetic_data, tmp_path / "probes.npz")
-    args = (trained / "epoch_002.pt", tmp_path / "probes.npz", synthetic_data)
-    dump_features(*args, tmp_path / "eval.npz", "conv4", device="cpu", bn_mode="eval")
-    dump_features(*args, tmp_path / "train.npz", "conv4", device="cpu", bn_mode="train")
-    assert not np.allclose(np.load(tmp_path / "eval.npz")["features"], np.load(tmp_path / "train.npz")["features"])
-    with pytest.raises(ValueError, match="bn_mode"):
-        dump_features(*args, tmp_path / "x.npz", "conv4", device="cpu", bn_mode="frozen")
+def test_a_train_mode_probe_leaves_the_next_probe_its_running_statistics(synthetic_data, trained, tmp_path):
+    alone = dump(synthetic_data, trained, tmp_path / "a", probes={"test_classes": PROBES["test_classes"]})[0]
+    after = dump(synthetic_data, trained, tmp_path / "b")[0]
+    names = list(after["probe_names"])
+    np.testing.assert_array_equal(alone["features"], after["features"][after["probe"] == names.index("test_classes")])
+
+
+def test_probes_that_do_not_fit_their_split_are_errors_naming_the_probe(synthetic_data, tmp_path):
+    too_many = {"whole": {"kind": "classes", "split": "test", "classes": 5, "n_support": 25}}
+    with pytest.raises(ValueError, match=r"probe 'whole' on split 'test': n_support=25, expected 1 to 19"):
+        make_probes(too_many, 5, synthetic_data, tmp_path / "p.npz")
+    too_wide = {"wide": {**PROBES["train_episodes"], "split": "val", "n_way": 50}}
+    with pytest.raises(ValueError, match=r"probe 'wide' on split 'val': n_way=50 but the split has only 12"):
+        make_probes(too_wide, 5, synthetic_data, tmp_path / "p.npz")
+
+
+def test_a_checkpoint_of_another_run_is_refused_by_the_feature_stage(synthetic_data, trained, tmp_path):
+    other = {**SPEC, "name": "other", "backbone": {"arch": "conv4", "width": 32}}
+    with pytest.raises(CheckpointError, match="backbone.width: expected 32, found 16"):
+        dump(synthetic_data, trained, tmp_path, spec=other)
+    assert not list(tmp_path.glob("epoch_*.npz"))
 
 
 def test_fewshot_evaluation_is_deterministic_and_well_above_chance(synthetic_data, trained):
-    model, _ = load_model(trained / "epoch_002.pt")
+    learner, _ = load_learner(trained / "epoch_002.pt", SPEC)
     split = torch.from_numpy(load_split(synthetic_data, "test")[0])
-    settings = [{"n_way": 5, "n_shot": 1}, {"n_way": 5, "n_shot": 5}]
-    a = evaluate(model, split, settings, n_query=5, episodes=20, seed=3, backbone="conv4")
-    b = evaluate(model, split, settings, n_query=5, episodes=20, seed=3, backbone="conv4")
-    assert a.equals(b)
+    params = {
+        "settings": [{"n_way": 5, "n_shot": 1}, {"n_way": 5, "n_shot": 5}],
+        "n_query": 5,
+        "episodes": 20,
+        "seed": 3,
+    }
+    a, b = evaluate(learner, split, params, SPEC), evaluate(learner, split, params, SPEC)
+    assert a.equals(b) and (a["run"] == "small").all()
     assert (a["accuracy"] > 0.35).all()  # chance is 0.2 after 10 training episodes of a width-16 Conv-4
     assert a["accuracy"].iloc[1] > a["accuracy"].iloc[0]  # 5 shots beat 1
     assert (a["ci95"] >= 0).all() and (a["ci95"] < 0.5).all()

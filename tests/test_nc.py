@@ -7,7 +7,10 @@ re-implementations of the definitions written out below.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -21,10 +24,14 @@ from metacollapse.nc import (
     load_feature_dump,
     nc_metrics,
     nc_table_for_file,
+    nc_tables_for_run,
+    null_baseline,
     protonet_nc,
 )
+from metacollapse.runs import RUN_COLUMNS
 
 ALL_METRICS = FEATURE_METRICS + CLASSIFIER_METRICS
+EPS32 = float(np.finfo(np.float32).eps)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -71,8 +78,21 @@ def reference_metrics(h: np.ndarray, y: np.ndarray) -> dict[str, float]:
         return np.linalg.norm(g / np.linalg.norm(g) - target)
 
     unit = m / norms[:, None]
+    dim = h.shape[1]
+
+    def var_along(k, u):  # (1/n_c) sum_{i in c} ((h_i - mu_c) . u)^2
+        return np.mean(((h[y == classes[k]] - mu[k]) @ u) ** 2)
+
+    cdnv_dir = []
+    for a, b in pairs:
+        diff = mu[a] - mu[b]
+        u = diff / np.linalg.norm(diff)
+        cdnv_dir.append((var_along(a, u) + var_along(b, u)) / (2 * diff @ diff))
+    eig = np.clip(np.linalg.eigvalsh(m @ m.T), 0.0, None)
+    p = eig[eig > 0] / eig.sum()
     return {
         "nc1": np.trace(sigma_w @ np.linalg.pinv(sigma_b, hermitian=True)) / n_cls,
+        "nc1_paper": np.trace(sigma_w @ np.linalg.pinv(sigma_b, rcond=dim * EPS32)) / n_cls,
         "nc1_quotient": np.trace(sigma_w) / np.trace(sigma_b),
         "nc2_equinorm": np.std(norms, ddof=1) / np.mean(norms),
         "nc2_equiangularity": np.std(cos, ddof=0),
@@ -80,6 +100,8 @@ def reference_metrics(h: np.ndarray, y: np.ndarray) -> dict[str, float]:
         "nc2_etf": etf(m @ m.T),
         "nc2_etf_rownorm": etf(unit @ unit.T),
         "cdnv": np.mean([(var[a] + var[b]) / (2 * np.sum((mu[a] - mu[b]) ** 2)) for a, b in pairs]),
+        "cdnv_dir": np.mean(cdnv_dir),
+        "erank": np.exp(-np.sum(p * np.log(p))),
     }
 
 
@@ -117,7 +139,9 @@ def test_exact_simplex_etf_without_noise_gives_zero_for_every_metric():
 
     assert set(out) == set(ALL_METRICS)
     for key in ALL_METRICS:
-        assert out[key] == pytest.approx(0.0, abs=1e-12), key
+        if key != "erank":
+            assert out[key] == pytest.approx(0.0, abs=1e-12), key
+    assert out["erank"] == pytest.approx(n_cls - 1, rel=1e-12)  # C-1 equal eigenvalues of M M^T
 
 
 def test_etf_means_with_axis_points_match_closed_form_nc1_and_cdnv():
@@ -140,7 +164,11 @@ def test_etf_means_with_axis_points_match_closed_form_nc1_and_cdnv():
 
     out = nc_metrics(feats, labels)
     assert out["nc1"] == pytest.approx(expected_nc1, rel=1e-12)
+    assert out["nc1_paper"] == pytest.approx(expected_nc1, rel=1e-12)
     assert out["cdnv"] == pytest.approx(expected_cdnv, rel=1e-12)
+    # Var_c along any unit u is s^2/d (isotropic axis points), so the directional CDNV is the CDNV over d.
+    assert out["cdnv_dir"] == pytest.approx(expected_cdnv / dim, rel=1e-12)
+    assert out["erank"] == pytest.approx(n_cls - 1, rel=1e-12)
     assert out["nc1_quotient"] == pytest.approx(s**2 / r**2, rel=1e-12)
     for key in ("nc2_equinorm", "nc2_equiangularity", "nc2_maxangle", "nc2_etf", "nc2_etf_rownorm"):
         assert out[key] == pytest.approx(0.0, abs=1e-12), key
@@ -166,6 +194,8 @@ def test_one_dimensional_two_classes():
     assert out["nc1"] == pytest.approx(0.5, rel=1e-12)
     assert out["cdnv"] == pytest.approx(0.25, rel=1e-12)
     assert out["nc1_quotient"] == pytest.approx(1.0, rel=1e-12)
+    assert out["cdnv_dir"] == pytest.approx(0.25, rel=1e-12)  # d = 1: the only direction
+    assert out["erank"] == pytest.approx(1.0, rel=1e-12)
 
 
 def test_one_hot_class_means_are_a_simplex_etf_once_centred():
@@ -174,8 +204,9 @@ def test_one_hot_class_means_are_a_simplex_etf_once_centred():
     labels = np.repeat(np.arange(n_cls), 3)
     feats = np.eye(dim)[labels]
     out = nc_metrics(feats, labels)
-    for key in ("nc1", "nc1_quotient", "cdnv"):
+    for key in ("nc1", "nc1_paper", "nc1_quotient", "cdnv", "cdnv_dir"):
         assert out[key] == pytest.approx(0.0, abs=1e-12), key
+    assert out["erank"] == pytest.approx(n_cls - 1, rel=1e-12)
     for key in ("nc2_equinorm", "nc2_equiangularity", "nc2_maxangle", "nc2_etf", "nc2_etf_rownorm"):
         assert out[key] == pytest.approx(0.0, abs=1e-12), key
 
@@ -353,6 +384,174 @@ def test_protonet_nc_is_the_nearest_prototype_classifier_written_as_w_equals_2p(
 
 
 # ------------------------------------------------------------------------------------------------------------
+# The authors' NC1/NC2 (validate_nc.py of saakethmm/NC-prototypical-networks), restated in float32 torch
+# ------------------------------------------------------------------------------------------------------------
+def paper_nc1_float32(features, means):
+    """Their compute_nc1: features (N classes, K shots, d), means (N, d), float32; torch.linalg.pinv default."""
+    import torch
+
+    n_cls, shots = features.shape[0], features.shape[1]
+    diff = (features - means.unsqueeze(1)).unsqueeze(3)
+    diff_tr = diff.view(n_cls, shots, 1, -1)
+    sigma_w = 0
+    for i in range(n_cls):
+        sigma_w += torch.bmm(diff[i], diff_tr[i])
+    sigma_w = torch.sum(sigma_w, dim=0) / (n_cls * shots)
+    global_mean = means.mean(0)
+    diff_b = (means - global_mean.unsqueeze(0)).unsqueeze(2)
+    sigma_b = torch.bmm(diff_b, diff_b.view(n_cls, 1, -1)).mean(dim=0)
+    return float(1 / n_cls * torch.trace(torch.matmul(sigma_w, torch.linalg.pinv(sigma_b))))
+
+
+def paper_nc2_float32(means):
+    """Their compute_nc2: row-normalised centred means, unit-Frobenius Gram vs the simplex ETF."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    n_cls = means.shape[0]
+    h_bar = F.normalize(means - means.mean(0).unsqueeze(0), dim=1)
+    gram = torch.mm(h_bar, h_bar.T)
+    gram /= torch.norm(gram, p="fro")
+    etf = (torch.eye(n_cls) - 1 / n_cls * torch.ones((n_cls, n_cls))) / pow(n_cls - 1, 0.5)
+    return float(torch.norm(gram - etf, p="fro"))
+
+
+def ill_conditioned_episode(rng, n_cls=60, dim=64, shots=5):
+    """float32 features [C, K, d] whose Sigma_B spans eigenvalues 1 .. ~3e-6 (relative), three of them just
+    above and three just below the float32 pinv cut-off d * eps32 = 7.6e-6; the within-class spread along each
+    direction of the means is proportional to the means' spread there (so every kept direction matters)."""
+    cut = dim * EPS32
+    k = n_cls - 1
+    rel = np.concatenate([np.geomspace(1.0, 3e-5, k - 6), cut * np.array([2.5, 2.0, 1.6, 0.5, 0.4, 0.3])])
+    rng.shuffle(rel)
+    centred = rng.normal(size=(n_cls, k))
+    u, _ = np.linalg.qr(centred - centred.mean(axis=0))  # columns orthonormal and orthogonal to 1
+    v, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+    s = 3.0 * np.sqrt(rel)
+    means = (u * s) @ v[:, :k].T + rng.normal(size=dim)
+    z = rng.normal(size=(n_cls, shots, k)) * (0.3 * s * rng.uniform(0.5, 1.5, size=k))
+    z -= z.mean(axis=1, keepdims=True)
+    noise = z @ v[:, :k].T + 1e-3 * rng.normal(size=(n_cls, shots, dim))
+    return (means[:, None, :] + noise).astype(np.float32), rel
+
+
+def test_nc1_paper_reproduces_the_authors_float32_pinv_on_ill_conditioned_60_way_episodes():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(20)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small matrices: extra threads only spin on a shared machine
+    try:
+        episodes = [ill_conditioned_episode(rng) for _ in range(3)]
+        wants = [paper_nc1_float32(torch.from_numpy(f), torch.from_numpy(f).mean(1)) for f, _ in episodes]
+    finally:
+        torch.set_num_threads(threads)
+    for (feats, rel), want in zip(episodes, wants, strict=True):
+        n_cls, shots, dim = feats.shape
+        assert rel.min() < dim * EPS32 < rel.max() * 1e-4  # lambda_min / lambda_max ~ 1e-5 / 1e-6
+        out = nc_metrics(feats.reshape(-1, dim), np.repeat(np.arange(n_cls), shots))
+        assert out["nc1_paper"] == pytest.approx(want, rel=1e-3)
+        # nc1 inverts the three eigenvalues below the float32 cut-off, so it is clearly larger.
+        assert out["nc1"] > 1.03 * out["nc1_paper"]
+
+
+def test_nc2_etf_rownorm_is_the_authors_nc2():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(21)
+    for n_cls, dim in ((60, 64), (5, 512), (7, 3)):
+        feats, labels = clustered(rng, n_cls, dim, per_class=4, spread=1.0, noise=0.6)
+        means = np.stack([feats[labels == c].mean(axis=0) for c in range(n_cls)])
+        want = paper_nc2_float32(torch.from_numpy(means.astype(np.float32)))
+        assert nc_metrics(feats, labels)["nc2_etf_rownorm"] == pytest.approx(want, rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Storage precision
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("rank", [5, 12, 30])
+def test_float32_stored_low_rank_means_far_from_the_origin_do_not_blow_up_nc1(rank):
+    # 60 class means of exact rank r < min(d, C-1) = 59, spread ~1 around an offset ~100, exactly zero-mean
+    # within-class noise. Rounding to float32 (ulp ~ 1e-5 here) gives the means ~59 spurious directions with
+    # singular values ~1e-5; a float64-only cut-off inverts them (nc1 ~ 1e10).
+    rng = np.random.default_rng(30 + rank)
+    n_cls, dim, shots = 60, 64, 8
+    means = rng.normal(size=(n_cls, rank)) @ rng.normal(size=(rank, dim)) / math.sqrt(rank)
+    noise = 0.1 * rng.normal(size=(n_cls, shots, dim))
+    noise -= noise.mean(axis=1, keepdims=True)
+    f64 = (100.0 * (1.0 + 0.2 * rng.random(dim)) + means[:, None, :] + noise).reshape(-1, dim)
+    labels = np.repeat(np.arange(n_cls), shots)
+    f32 = f64.astype(np.float32)
+
+    exact = nc_metrics(f64, labels)
+    assert 1e-5 < exact["nc1"] < 1.0
+    stored32 = nc_metrics(f32, labels)  # storage dtype inferred from the array
+    assert stored32["nc1"] == pytest.approx(exact["nc1"], rel=0.01)
+    assert stored32["nc1_paper"] == pytest.approx(exact["nc1"], rel=0.01)
+    # The same values cast to float64 and declared float32-stored give the same result ...
+    declared = nc_metrics(f32.astype(np.float64), labels, storage_dtype=np.float32)
+    assert declared["nc1"] == stored32["nc1"]
+    # ... and declared float64-stored they blow up: the storage precision is what protects nc1.
+    assert nc_metrics(f32.astype(np.float64), labels)["nc1"] > 1e6
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Robust companions: effective rank and directional CDNV, by hand
+# ------------------------------------------------------------------------------------------------------------
+def test_erank_of_a_hand_computed_example():
+    # Means (+-1, 0) and (0, +-2) (already centred): M^T M = diag(2, 8), so the non-zero eigenvalues of M M^T are
+    # 2 and 8, p = (0.2, 0.8), erank = exp(-(0.2 ln 0.2 + 0.8 ln 0.8)) = 0.2^-0.2 * 0.8^-0.8.
+    means = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0], [0.0, -2.0]])
+    feats = np.repeat(means, 3, axis=0) + np.tile([[0.1, 0.0], [-0.1, 0.0], [0.0, 0.0]], (4, 1))
+    labels = np.repeat(np.arange(4), 3)
+    closed_form = 0.2**-0.2 * 0.8**-0.8
+    assert closed_form == pytest.approx(1.6493849, abs=1e-7)
+    assert nc_metrics(feats, labels)["erank"] == pytest.approx(1.6493849, abs=1e-7)
+
+
+def test_cdnv_dir_of_a_hand_computed_example():
+    # Each class: the 4 points mean + (+-1, 0), mean + (0, +-3), so along a unit u = (ux, uy)
+    # Var(u) = (2 ux^2 + 18 uy^2) / 4 = (ux^2 + 9 uy^2) / 2, and Var = (1 + 9) / 2 = 5 in all directions.
+    # Means (0, 0), (3, 0), (0, 4): pairs along x (dist 3), along y (dist 4), and u = (3, -4)/5 (dist 5):
+    #   (0,1): 2 * 1/2 / (2 * 9)  = 1/18;   (0,2): 2 * 9/2 / (2 * 16) = 9/32;
+    #   (1,2): 2 * (9/25 + 9 * 16/25)/2 / (2 * 25) = 153/1250;  mean = (1/18 + 9/32 + 153/1250) / 3.
+    shape = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 3.0], [0.0, -3.0]])
+    means = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]])
+    feats = np.concatenate([mu + shape for mu in means])
+    labels = np.repeat([5, 6, 7], 4)
+    expected = float((Fraction(1, 18) + Fraction(9, 32) + Fraction(153, 1250)) / 3)
+    assert expected == pytest.approx(0.15306852, abs=1e-8)
+    out = nc_metrics(feats, labels)
+    assert out["cdnv_dir"] == pytest.approx(0.15306852, abs=1e-8)
+    # The full CDNV uses the whole variance 5: mean over pairs of 5 / dist^2.
+    assert out["cdnv"] == pytest.approx((5 / 9 + 5 / 16 + 5 / 25) / 3, rel=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Null baselines
+# ------------------------------------------------------------------------------------------------------------
+def test_null_baseline_is_seeded_and_stable():
+    a = null_baseline([5, 5, 5, 5, 5], 64, support_counts=[2, 2, 2, 2, 2], seed=3)
+    b = null_baseline([5, 5, 5, 5, 5], 64, support_counts=[2, 2, 2, 2, 2], seed=3)
+    c = null_baseline([5, 5, 5, 5, 5], 64, support_counts=[2, 2, 2, 2, 2], seed=4)
+    assert set(a) == set(ALL_METRICS)
+    assert a == b
+    assert a != c
+    for key in ("nc1_quotient", "cdnv", "erank", "nc2_etf", "nc3"):
+        assert c[key] == pytest.approx(a[key], rel=0.03), key
+
+
+def test_null_baseline_matches_closed_forms_in_high_dimension():
+    # C classes of n iid N(0, I_d) samples: tr(Sigma_W) ~ d (N - C)/N, tr(Sigma_B) ~ d (C-1)/(C n),
+    # Var_c ~ d (n-1)/n, ||mu_c - mu_c'||^2 ~ 2d/n; large d concentrates the ratios on the ratios of the means:
+    # nc1_quotient -> (n-1) C/(C-1), cdnv -> (n-1)/2, cdnv_dir -> (n-1)/(2d); the means are an ETF: erank -> C-1.
+    n_cls, n, dim = 5, 4, 2048
+    out = null_baseline([n] * n_cls, dim, draws=32, seed=1)
+    assert out["nc1_quotient"] == pytest.approx((n - 1) * n_cls / (n_cls - 1), rel=0.01)
+    assert out["cdnv"] == pytest.approx((n - 1) / 2, rel=0.01)
+    assert out["cdnv_dir"] == pytest.approx((n - 1) / (2 * dim), rel=0.05)
+    assert out["erank"] == pytest.approx(n_cls - 1, rel=0.01)
+
+
+# ------------------------------------------------------------------------------------------------------------
 # Per-epoch table
 # ------------------------------------------------------------------------------------------------------------
 # name: (kind, episodes, n_way, n_support, n_query); for class probes (kind, 1, classes, n_support, rest)
@@ -361,6 +560,9 @@ PROBES = {
     "val_episodes": ("episodic", 2, 3, 2, 4),
     "train_classes": ("classes", 1, 5, 2, 2),
 }
+
+
+META = {"run": "conv4_s0", "learner": "protonet", "backbone": "conv4", "width": None, "seed": 3}
 
 
 def make_dump(rng: np.random.Generator, dim: int = 6, drop_one_query: bool = False) -> dict[str, np.ndarray]:
@@ -386,8 +588,10 @@ def make_dump(rng: np.random.Generator, dim: int = 6, drop_one_query: bool = Fal
         "role": np.asarray(cols["role"], dtype=np.int8)[order],
         "probe_names": np.array(list(PROBES)),
         "probe_kinds": np.array([v[0] for v in PROBES.values()]),
+        "probe_bn_modes": np.array(["train", "eval", "eval"]),
+        "probe_splits": np.array(["train", "val", "train"]),
         "epoch": np.array(7, dtype=np.int64),
-        "backbone": np.array("conv4"),
+        "meta": np.array(json.dumps(META)),
     }
     if drop_one_query:  # one class of one episode loses a query: episodes no longer share a layout
         victim = np.flatnonzero((dump["probe"] == 0) & (dump["episode"] == 1) & (dump["role"] == 1))[0]
@@ -440,8 +644,17 @@ def assert_table_matches_hand_loop(table: pd.DataFrame, dump: dict[str, np.ndarr
 
 def test_epoch_nc_table_has_the_expected_probes_sets_and_metrics():
     table = epoch_nc_table(make_dump(np.random.default_rng(10)))
+    assert list(table.columns) == [*RUN_COLUMNS, "epoch", "probe", "bn_mode", "set", "metric", "mean", "std", "null"]
     assert list(table.columns) == list(TABLE_COLUMNS)
-    assert set(table["backbone"]) == {"conv4"} and set(table["epoch"]) == {7}
+    assert set(table["run"]) == {"conv4_s0"} and set(table["learner"]) == {"protonet"}
+    assert set(table["backbone"]) == {"conv4"} and set(table["seed"]) == {3} and table["width"].isna().all()
+    assert set(table["epoch"]) == {7}
+    assert dict(zip(table["probe"], table["bn_mode"], strict=True)) == {
+        "train_episodes": "train",
+        "val_episodes": "eval",
+        "train_classes": "eval",
+    }
+    assert table["null"].notna().all() and np.isfinite(table["null"]).all()
     expected = set()
     for name, (kind, *_rest) in PROBES.items():
         if kind == "episodic":
@@ -501,6 +714,99 @@ def test_a_truncated_feature_dump_is_an_error_naming_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"epoch_003\.npz: cannot read feature dump \(BadZipFile"):
         nc_table_for_file(npz, tmp_path / "out.csv")
     assert not (tmp_path / "out.csv").exists()
+
+
+def with_classifier(dump, split, class_ids, weight, bias):
+    return {
+        **dump,
+        "classifier_weight": np.asarray(weight, dtype=np.float32),
+        "classifier_bias": np.asarray(bias, dtype=np.float32),
+        "classifier_classes": np.asarray(class_ids, dtype=np.int64),
+        "classifier_split": np.array(split),
+    }
+
+
+def test_classifier_set_uses_the_dumps_weights_and_bias():
+    # W = 0 and a bias equal to the class id: the classifier always predicts the largest class id present, so
+    # with well-separated classes nc4 = 1 - 1/C (every sample not of that class disagrees with its nearest mean).
+    dump = make_dump(np.random.default_rng(40), dim=6)
+    dump["features"] *= 0.05  # noise 0.05 vs centres 3: every sample is nearest its own class mean
+    dump["features"] += 3.0 * np.random.default_rng(41).normal(size=(12, 6)).astype(np.float32)[dump["labels"]]
+    ids = np.random.default_rng(42).permutation(np.arange(12 + 3))  # rows in any order, 3 extra classes
+    bias = np.where(ids >= 12, 1e6, ids)  # classes not in the probes must not take part
+    table = epoch_nc_table(with_classifier(dump, "train", ids, np.zeros((15, 6)), bias))
+    got = table[table["set"] == "classifier"].set_index(["probe", "metric"])["mean"]
+    assert set(got.index.get_level_values("probe")) == {"train_episodes", "train_classes"}  # split "train" only
+    assert got[("train_episodes", "nc4")] == pytest.approx(1 - 1 / 4, abs=1e-12)
+    assert got[("train_classes", "nc4")] == pytest.approx(1 - 1 / 5, abs=1e-12)
+    assert np.isnan(table.loc[table["set"] == "classifier", "null"]).all()
+
+    # A classifier equal to the centred class means (in its own row order) agrees with the nearest class mean.
+    cls = np.unique(dump["labels"][dump["probe"] == 2])
+    rows = dump["probe"] == 2
+    means = np.stack([dump["features"][rows & (dump["labels"] == c)].astype(np.float64).mean(axis=0) for c in cls])
+    weight = np.zeros((15, 6))
+    bias = np.full(15, -1e9)
+    pos = {c: int(np.flatnonzero(ids == c)[0]) for c in cls}
+    for k, c in enumerate(cls):
+        weight[pos[c]] = 2 * means[k]
+        bias[pos[c]] = -means[k] @ means[k]
+    table = epoch_nc_table(with_classifier(dump, "train", ids, weight, bias))
+    one = table[(table["set"] == "classifier") & (table["probe"] == "train_classes")].set_index("metric")["mean"]
+    assert one["nc4"] == 0.0
+    assert one["nc3"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_classifier_set_needs_the_probes_split_and_classes():
+    dump = make_dump(np.random.default_rng(43))
+    other_split = epoch_nc_table(with_classifier(dump, "test", np.arange(12), np.ones((12, 6)), np.zeros(12)))
+    assert "classifier" not in set(other_split["set"])
+    too_few = epoch_nc_table(with_classifier(dump, "train", np.arange(6), np.ones((6, 6)), np.zeros(6)))
+    assert "classifier" not in set(too_few[too_few["probe"] == "train_episodes"]["set"])
+
+
+def test_table_nulls_are_the_null_baselines_of_each_layout():
+    dump = make_dump(np.random.default_rng(44), dim=5)
+    table = epoch_nc_table(dump).set_index(["probe", "set", "metric"])["null"]
+    kind, _, n_way, n_sup, n_qry = PROBES["val_episodes"]
+    episodic = null_baseline([n_qry] * n_way, 5, support_counts=[n_sup] * n_way)
+    assert table[("val_episodes", "query", "nc1")] == episodic["nc1"]
+    assert table[("val_episodes", "protonet", "nc4")] == episodic["nc4"]
+    _, _, n_cls, n_sup, n_rest = PROBES["train_classes"]
+    classes = null_baseline([n_sup + n_rest] * n_cls, 5, support_counts=[n_sup] * n_cls, support_subset=True)
+    assert table[("train_classes", "all", "cdnv_dir")] == classes["cdnv_dir"]
+    assert table[("train_classes", "protonet", "nc3")] == classes["nc3"]
+    assert table[("train_episodes", "support", "erank")] != table[("val_episodes", "support", "erank")]
+
+
+def test_nc_tables_for_run_writes_every_epoch_and_computes_nulls_once(tmp_path, caplog):
+    paths, outs = [], []
+    for epoch in (1, 2, 3):
+        dump = make_dump(np.random.default_rng(50 + epoch))
+        dump["epoch"] = np.array(epoch, dtype=np.int64)
+        paths.append(tmp_path / f"epoch_{epoch:03d}.npz")
+        np.savez(paths[-1], **dump)
+        outs.append(tmp_path / "nc" / f"epoch_{epoch:03d}.csv")
+    log = logging.getLogger("test_nc_run")
+    with caplog.at_level(logging.INFO, logger="test_nc_run"):
+        tables = nc_tables_for_run(paths, outs, log=log)
+    lines = [r.getMessage() for r in caplog.records if r.name == "test_nc_run"]
+    assert len(lines) == 3
+    assert "new null layouts" in lines[0] and "(0 new null layouts" not in lines[0]
+    assert "(0 new null layouts" in lines[1] and "(0 new null layouts" in lines[2]  # reused from epoch 1
+    for epoch, (out, table) in enumerate(zip(outs, tables, strict=True), start=1):
+        written = pd.read_csv(out)
+        assert list(written.columns) == list(TABLE_COLUMNS) and set(written["epoch"]) == {epoch}
+        np.testing.assert_allclose(written["null"], tables[0]["null"], rtol=1e-12)
+        np.testing.assert_allclose(written["mean"], table["mean"], rtol=1e-12)
+    assert sorted(p.name for p in outs[0].parent.iterdir()) == [p.name for p in outs]
+
+
+def test_meta_without_a_run_column_is_an_error():
+    dump = make_dump(np.random.default_rng(45))
+    dump["meta"] = np.array(json.dumps({k: v for k, v in META.items() if k != "learner"}))
+    with pytest.raises(ValueError, match=r"'meta' is missing \['learner'\]"):
+        epoch_nc_table(dump)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -6,14 +6,17 @@ again (tests/slurm/stop.sh), also when a test or the start itself fails. Needs r
 
 Selected only on request, because it takes minutes:
     pytest -m slurm tests/test_slurm.py          (or METACOLLAPSE_SLURM_TESTS=1 pytest ...)
-By default the quick preset runs with the conv4 backbone only (every rule, a third of the time);
-METACOLLAPSE_SLURM_BACKBONES=all runs it with every backbone of config/quick.yaml.
+By default the quick preset runs with its conv4 run only (every rule, a fraction of the time): the test adds an
+overlay config (config/slurm_test.yaml in its workspace) that sets the other runs and the sweeps to null.
+METACOLLAPSE_SLURM_RUNS=all runs every run of config/quick.yaml; a comma-separated list (e.g. conv4,learners) keeps
+those entries of `runs:` and `sweeps:`.
 """
 
 from __future__ import annotations
 
 import atexit
 import csv
+import json
 import math
 import os
 import re
@@ -33,9 +36,12 @@ pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[1]
 SLURM_SCRIPTS = REPO / "tests" / "slurm"
 # What a workspace needs to run the workflow (the profiles live under workflow/); see workflow_files().
-WORKFLOW_FILES = ["Snakefile", "workflow", "config", "data/splits"]
-# Wall-clock columns / checkpoint keys: the only things allowed to differ between two runs.
+# src/metacollapse: the workflow hashes each stage's modules from the checkout beside the Snakefile.
+WORKFLOW_FILES = ["Snakefile", "workflow", "config", "data/splits", "src/metacollapse"]
+# Wall-clock columns: the only things allowed to differ between two runs.
 TIMING_KEYS = {"seconds", "episodes_per_s"}
+# What the workflow writes (besides data/ and logs/): results and the DVC metrics and plots.
+OUTPUT_DIRS = ("results", "reports")
 # Environment that would steer the profile or the plugin away from the test cluster.
 SCRUBBED_ENV = ("SBATCH_", "SLURM_", "SALLOC_", "SRUN_", "SNAKEMAKE_PROFILE", "METACOLLAPSE_GPU_PARTITION")
 # The plugin's default status command is sacct, which needs an accounting database; the test cluster has
@@ -44,7 +50,17 @@ SCRUBBED_ENV = ("SBATCH_", "SLURM_", "SALLOC_", "SRUN_", "SNAKEMAKE_PROFILE", "M
 SLURM_TEST_FLAGS = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2"]
 RUN_TIMEOUT = 3600
 # Rules that declare `resources: gpu=1`.
-GPU_RULES = {"train", "evaluate", "dump_features"}
+GPU_RULES = {"train", "evaluate", "features"}
+# The Snakefile's `localrules`: they run in the submitting Snakemake, never through sbatch.
+LOCAL_RULES = {"all", "download", "probes", "aggregate", "figures", "dvc_metrics"}
+# Submitted rules that run once per run ({run} wildcard); `prepare` runs once.
+PER_RUN_RULES = {"train", "evaluate", "features", "nc"}
+# The test's overlay on config/quick.yaml (written into the workspace by make_workspace).
+TEST_PRESET = "config/slurm_test.yaml"
+# Which entries of `runs:` / `sweeps:` the test keeps (see the module docstring).
+RUNS_SELECTION = os.environ.get("METACOLLAPSE_SLURM_RUNS", "conv4")
+# The run whose nc job the failure test breaks.
+FAILING_RUN = "conv4"
 
 
 def _selected(config: pytest.Config) -> bool:
@@ -119,8 +135,35 @@ def workflow_files() -> list[str]:
     return sorted(names | set(shared))
 
 
+def config_entries() -> dict[str, set[str]]:
+    """The names under `runs:` and `sweeps:` of config/config.yaml merged with config/quick.yaml."""
+    merged: dict[str, set[str]] = {"runs": set(), "sweeps": set()}
+    for name in ("config.yaml", "quick.yaml"):
+        config = yaml.safe_load((REPO / "config" / name).read_text()) or {}
+        for key in merged:
+            for entry, value in (config.get(key) or {}).items():
+                (merged[key].add if value is not None else merged[key].discard)(entry)
+    return merged
+
+
+def preset_overlay(selection: str = RUNS_SELECTION) -> dict | None:
+    """The overlay on config/config.yaml + config/quick.yaml that drops every run and sweep not in ``selection``
+    (None for "all"). Config files merge key by key, so a run or sweep is dropped by setting it to null."""
+    if selection == "all":
+        return None
+    merged = config_entries()
+    wanted = {name.strip() for name in selection.split(",") if name.strip()}
+    unknown = wanted - merged["runs"] - merged["sweeps"]
+    if unknown or not wanted:
+        raise ValueError(
+            f"METACOLLAPSE_SLURM_RUNS={selection!r}: expected 'all' or names from runs {sorted(merged['runs'])} "
+            f"or sweeps {sorted(merged['sweeps'])} of config/config.yaml + config/quick.yaml; unknown {sorted(unknown)}"
+        )
+    return {key: {name: None for name in sorted(names - wanted)} for key, names in merged.items()}
+
+
 def make_workspace(root: Path) -> Path:
-    """A copy of the workflow plus a config file for the test: config/quick.yaml, one backbone by default."""
+    """A copy of the workflow plus the test's overlay config (TEST_PRESET) next to the quick preset."""
     for name in workflow_files():
         source, target = REPO / name, root / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -130,13 +173,12 @@ def make_workspace(root: Path) -> Path:
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, target)
-    config = yaml.safe_load((REPO / "config" / "quick.yaml").read_text())
-    wanted = os.environ.get("METACOLLAPSE_SLURM_BACKBONES", "conv4")
-    if wanted != "all":
-        config["backbones"] = {name: config["backbones"][name] for name in wanted.split(",")}
-    # --configfile merges into config/config.yaml and cannot drop a backbone, so the test preset replaces
-    # the default config file of this throwaway copy.
-    (root / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    overlay = preset_overlay()
+    if overlay is not None:
+        (root / TEST_PRESET).write_text(
+            "# Overlay on config/quick.yaml for tests/test_slurm.py: drops runs and sweeps (null).\n"
+            + yaml.safe_dump(overlay, sort_keys=True)
+        )
     return root
 
 
@@ -166,7 +208,8 @@ def snakemake(workdir: Path, *args: str, env: dict[str, str] | None = None) -> t
 
 
 def quick_args(mirror: Path) -> list[str]:
-    return ["--config", f"omniglot_mirror={mirror}"]
+    presets = ["config/quick.yaml"] + ([TEST_PRESET] if preset_overlay() is not None else [])
+    return ["--configfile", *presets, "--config", f"omniglot_mirror={mirror}"]
 
 
 def failure_report(output: str, workdir: Path) -> str:
@@ -193,8 +236,11 @@ def local_run(tmp_path_factory, mirror) -> Path:
 
 
 @pytest.fixture(scope="session")
-def slurm_run(tmp_path_factory, slurm_cluster, mirror) -> tuple[Path, str, dict[str, tuple[str, str]]]:
-    """The SLURM run, its output, and {SLURM job id: (rule, the job's record in slurmctld)}."""
+def slurm_run(tmp_path_factory, slurm_cluster, mirror) -> tuple[Path, str, dict[str, tuple[str, str, str]]]:
+    """The SLURM run, its output, and {SLURM job id: (rule, wildcards, the job's record in slurmctld)}.
+
+    ``wildcards`` is the folder the plugin names the job's log after ("" for a rule without wildcards).
+    """
     workdir = make_workspace(tmp_path_factory.mktemp("slurm"))
     code, output, seconds = snakemake(
         workdir, "--profile", "workflow/profiles/slurm", *SLURM_TEST_FLAGS, *quick_args(mirror)
@@ -203,9 +249,12 @@ def slurm_run(tmp_path_factory, slurm_cluster, mirror) -> tuple[Path, str, dict[
     print(f"\nSLURM run: {seconds:.0f}s")
     # Read the jobs back from the controller now, while it still lists them (MinJobAge=600 s).
     jobs = {}
-    for jobid, rule in re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_(\w+)/", output):
+    submitted = re.findall(
+        r"submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_(\w+)/(?:([^/\s]+)/)?\1\.log\)", output
+    )
+    for jobid, rule, wildcards in submitted:
         record = subprocess.run(["scontrol", "-o", "show", "job", jobid], capture_output=True, text=True)
-        jobs[jobid] = (rule, record.stdout)
+        jobs[jobid] = (rule, wildcards, record.stdout)
     return workdir, output, jobs
 
 
@@ -242,17 +291,24 @@ def assert_same(a, b, where: str) -> None:
 
 
 def compare_results(reference: Path, other: Path) -> list[str]:
-    """Asserts that two runs produced the same numbers; returns the files compared."""
+    """Asserts that two runs produced the same numbers under results/ and reports/; returns the files compared."""
     import torch
 
-    ref_files = sorted(p.relative_to(reference) for p in (reference / "results").rglob("*") if p.is_file())
-    other_files = sorted(p.relative_to(other) for p in (other / "results").rglob("*") if p.is_file())
-    assert ref_files == other_files, "the two runs wrote different files"
+    def files(root: Path) -> list[Path]:
+        return sorted(p.relative_to(root) for folder in OUTPUT_DIRS for p in (root / folder).rglob("*") if p.is_file())
+
+    ref_files, other_files = files(reference), files(other)
+    assert ref_files == other_files, (
+        f"the two runs wrote different files: only in {reference}: {sorted(set(ref_files) - set(other_files))}, "
+        f"only in {other}: {sorted(set(other_files) - set(ref_files))}"
+    )
     compared = []
     for rel in ref_files:
         a, b = reference / rel, other / rel
         if rel.suffix == ".csv":
             assert read_csv(a) == read_csv(b), f"{rel} differs"
+        elif rel.suffix == ".json":
+            assert json.loads(a.read_text()) == json.loads(b.read_text()), f"{rel} differs"
         elif rel.suffix == ".npz":
             with np.load(a, allow_pickle=False) as x, np.load(b, allow_pickle=False) as y:
                 assert x.files == y.files, f"{rel}: keys"
@@ -273,54 +329,131 @@ def compare_results(reference: Path, other: Path) -> list[str]:
 # --- tests -----------------------------------------------------------------------------------------------
 
 
+# --- reading Snakemake's output and SLURM's job records -------------------------------------------------
+
+
+def job_blocks(output: str) -> dict[str, str]:
+    """Snakemake job id -> the indented block Snakemake printed for a submitted (non-local) job."""
+    blocks = re.findall(r"^rule \w+:\n((?:    .*\n)+)", output, re.MULTILINE)
+    return {re.search(r"^    jobid: (\d+)$", b, re.M).group(1): b for b in blocks}
+
+
+def block_value(block: str, pattern: str, default: str | None = None) -> str:
+    match = re.search(pattern, block, re.MULTILINE)
+    assert match or default is not None, f"no {pattern!r} in the job block:\n{block}"
+    return match.group(1) if match else default
+
+
+def slurm_minutes(time_limit: str) -> int:
+    """SLURM's TimeLimit ([D-]HH:MM:SS, MM:SS) in minutes."""
+    days, _, clock = time_limit.rpartition("-")
+    parts = [int(x) for x in clock.split(":")]
+    while len(parts) < 3:
+        parts.insert(0, 0)
+    hours, minutes, seconds = parts
+    return (int(days or 0) * 24 + hours) * 60 + minutes + (seconds > 0)
+
+
+def slurm_megabytes(memory: str) -> int:
+    """SLURM's memory fields (e.g. 32000M, 16G) in MB as sbatch --mem counts them (1G = 1024M)."""
+    number, unit = re.fullmatch(r"([\d.]+)([KMGT]?)", memory).groups()
+    return round(float(number) * {"K": 1 / 1024, "M": 1, "": 1, "G": 1024, "T": 1024**2}[unit])
+
+
+def record_field(record: str, key: str) -> str:
+    match = re.search(rf"(?:^|\s){re.escape(key)}=(\S*)", record)
+    assert match, f"no {key}= in the job record: {record}"
+    return match.group(1)
+
+
+def expected_runs(local_run: Path) -> set[str]:
+    """The runs of the test preset, as the local reference run trained them."""
+    runs = {p.parent.name for p in (local_run / "results").glob("*/train_log.csv")}
+    overlay = preset_overlay()
+    if overlay is not None and not overlay["sweeps"].keys() ^ config_entries()["sweeps"]:
+        # Every sweep dropped: exactly the selected entries of `runs:` are left.
+        assert runs == {name.strip() for name in RUNS_SELECTION.split(",")}, runs
+    return runs
+
+
+# --- tests -----------------------------------------------------------------------------------------------
+
+
 def test_quick_preset_on_slurm_matches_local_run(slurm_run, local_run):
     workdir, output, jobs = slurm_run
-    # Every job went through sbatch (local rules such as `all` aside), and SLURM gave exactly the GPU rules
-    # a GPU, with as many CPUs as the rule has threads.
+    runs = expected_runs(local_run)
+    # The localrules ran in the submitting Snakemake and were never submitted; every other job went through
+    # sbatch: `prepare` once, and train, evaluate, features and nc once per run.
+    local = re.findall(r"^localrule (\w+):$", output, flags=re.MULTILINE)
+    assert sorted(local) == sorted(LOCAL_RULES), f"local jobs {local}:\n{output[-4000:]}"
     remote_rules = re.findall(r"^rule (\w+):$", output, flags=re.MULTILINE)
-    assert sorted(rule for rule, _ in jobs.values()) == sorted(remote_rules), output[-4000:]
-    assert set(remote_rules) >= GPU_RULES
-    # Snakemake job id -> cpus_per_task from the job's block, SLURM job id -> Snakemake job id.
-    blocks = re.findall(r"^rule \w+:\n((?:    .*\n)+)", output, re.MULTILINE)
-    cpus = {
-        re.search(r"^    jobid: (\d+)$", b, re.M).group(1): re.search(r"cpus_per_task=(\d+)", b).group(1)
-        for b in blocks
-    }
+    assert sorted(rule for rule, _, _ in jobs.values()) == sorted(remote_rules), output[-4000:]
+    submitted = sorted((rule, wildcards) for rule, wildcards, _ in jobs.values())
+    expected = sorted([("prepare", ""), *((rule, run) for rule in PER_RUN_RULES for run in runs)])
+    assert submitted == expected, f"submitted (rule, run) {submitted}, expected {expected}"
+    assert not LOCAL_RULES & {rule for rule, _ in submitted}
+    # Each job's allocation: CPUs per task = the rule's threads, a GPU for exactly the GPU rules, and the
+    # profile's time limit and memory (the job block's resources) as SLURM recorded them.
+    blocks = job_blocks(output)
     snakemake_id = {
         slurm: job for job, slurm in re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+)", output)
     }
-    for jobid, (rule, record) in jobs.items():
-        assert "JobState=COMPLETED" in record, f"job {jobid} ({rule}): {record}"
-        assert f"CPUs/Task={cpus[snakemake_id[jobid]]} " in record, f"job {jobid} ({rule}): {record}"
-        gpus = re.search(r"TresPerJob=\S*gres:gpu:(\d+)", record)
+    for jobid, (rule, wildcards, record) in jobs.items():
+        where = f"SLURM job {jobid} ({rule} {wildcards})"
+        block = blocks[snakemake_id[jobid]]
+        assert record_field(record, "JobState") == "COMPLETED", f"{where}: {record}"
+        threads = block_value(block, r"^    threads: (\d+)$", default="1")
+        assert block_value(block, r"\bcpus_per_task=(\d+)") == threads, f"{where}:\n{block}"
+        assert record_field(record, "CPUs/Task") == threads, f"{where}: {threads} threads; {record}"
+        minutes = int(block_value(block, r"\bruntime=(\d+)"))
+        assert slurm_minutes(record_field(record, "TimeLimit")) == minutes, f"{where}: runtime={minutes}; {record}"
+        mem_mb = int(block_value(block, r"\bmem_mb=(\d+)"))
+        assert slurm_megabytes(record_field(record, "MinMemoryNode")) == mem_mb, f"{where}: mem_mb={mem_mb}; {record}"
+        gpus = re.search(r"TresPerJob=\S*gres[:/]gpu:(\d+)", record)
         if rule in GPU_RULES:
-            assert gpus and gpus.group(1) == "1", f"job {jobid} ({rule}) has no GPU: {record}"
+            assert gpus and gpus.group(1) == "1", f"{where} has no GPU: {record}"
         else:
-            assert gpus is None, f"job {jobid} ({rule}) got a GPU: {record}"
+            assert gpus is None, f"{where} got a GPU: {record}"
     compared = compare_results(local_run, workdir)
-    assert "results/nc_metrics.csv" in compared
-    assert any(p.endswith("fewshot_accuracy.csv") for p in compared)
-    assert any("/checkpoints/" in p for p in compared)
+    for table in ("train_log", "fewshot_accuracy", "nc_metrics"):
+        assert f"results/{table}.csv" in compared, compared
+    assert "reports/metrics.json" in compared, compared
+    for run in runs:
+        assert f"results/{run}/checkpoints/epoch_000.pt" in compared, compared
+        assert f"results/{run}/features/epoch_000.npz" in compared, compared
+        assert f"results/{run}/nc/epoch_000.csv" in compared, compared
 
 
 def test_failed_job_reports_its_slurm_log_and_rerun_resumes(slurm_run, mirror, tmp_path):
     source, _, _ = slurm_run
     workdir = tmp_path / "work"
     shutil.copytree(source, workdir, symlinks=True)  # copy2 keeps mtimes, so nothing looks outdated
-    backbone = next(iter(yaml.safe_load((workdir / "config" / "config.yaml").read_text())["backbones"]))
-    nc_dir = workdir / "results" / backbone / "nc"
-    removed = sorted(nc_dir.glob("epoch_*.csv"))
-    assert nc_dir / "epoch_002.csv" in removed
-    # nc_metrics jobs to redo (the one for epoch 002 will fail); without the aggregate their outputs are
-    # needed again (Snakemake does not recreate intermediate files that nothing up to date needs).
-    for csv_file in [*removed, workdir / "results" / "nc_metrics.csv"]:
-        csv_file.unlink()
-    # Everything upstream of nc_metrics: it must survive the failed run and the resumed one untouched.
-    upstream = [*(workdir / "data" / "processed").iterdir(), *(workdir / "results").rglob("*.pt")]
-    upstream += [*(workdir / "results").rglob("*.npz"), *(workdir / "results").glob("*/fewshot_accuracy.csv")]
+    runs = {p.parent.name for p in (workdir / "results").glob("*/train_log.csv")}
+    assert FAILING_RUN in runs, runs
+    # A change to the NC code: the workflow hashes each stage's modules in the checkout, so the nc job of every
+    # run is redone, and after it the aggregate, figures and DVC metrics.
+    nc_code = workdir / "src" / "metacollapse" / "nc.py"
+    nc_code.write_text(nc_code.read_text() + "\n# edited\n")
+    nc_tables = {run: sorted((workdir / "results" / run / "nc").glob("epoch_*.csv")) for run in runs}
+    assert workdir / "results" / FAILING_RUN / "nc" / "epoch_002.csv" in nc_tables[FAILING_RUN], nc_tables
+    nc_before = {p: p.stat().st_mtime_ns for tables in nc_tables.values() for p in tables}
+    # Everything upstream of the nc jobs must survive the failed run and the resumed one untouched: all but the
+    # nc tables, the aggregate tables (results/*.csv) and the figures.
+    downstream = {workdir / "results" / "figures", *(workdir / "results" / run / "nc" for run in runs)}
+    upstream = [*(workdir / "data" / "processed").iterdir()]
+    upstream += [
+        p
+        for p in (workdir / "results").rglob("*")
+        if p.is_file()
+        and not (p.parent == workdir / "results" and p.suffix == ".csv")
+        and not downstream & {*p.parents}
+    ]
+    for kind in ("probes.npz", "checkpoints/epoch_000.pt", "features/epoch_002.npz", "train_log.csv"):
+        assert any(str(p).endswith(kind) for p in upstream), f"no {kind} among {upstream}"
     finished_before = {p: p.stat().st_mtime_ns for p in upstream}
 
-    # A broken `metacollapse nc` for one epoch, in front of the real one on the jobs' PATH.
+    # A broken `metacollapse nc` for the one run, in front of the real one on the jobs' PATH. The nc job of a
+    # run tabulates all its epochs in one call, so the whole job fails.
     shim_dir = tmp_path / "bin"
     shim_dir.mkdir()
     marker = tmp_path / "broken"
@@ -330,7 +463,9 @@ def test_failed_job_reports_its_slurm_log_and_rerun_resumes(slurm_run, mirror, t
     shim.write_text(
         "#!/bin/sh\n"
         f'if [ -e "{marker}" ] && [ "$1" = nc ]; then\n'
-        f'  case "$*" in *features/epoch_002.npz*) echo "injected failure: $*" >&2; exit 7;; esac\n'
+        f'  case "$*" in *results/{FAILING_RUN}/features/epoch_002.npz*)\n'
+        '    echo "injected failure: $*" >&2; exit 7;;\n'
+        "  esac\n"
         "fi\n"
         f'exec "{real}" "$@"\n'
     )
@@ -342,6 +477,8 @@ def test_failed_job_reports_its_slurm_log_and_rerun_resumes(slurm_run, mirror, t
     code, output, seconds = snakemake(workdir, *args, env=env)
     print(f"\nfailing SLURM run: {seconds:.0f}s")
     assert code != 0, output[-4000:]
+    # (The failed job's SLURM log, quoted below its error, repeats the rule's header.)
+    assert set(executed_rules(output)) == {"nc"}, executed_rules(output)
     # The error names the SLURM job and its log file, and that log holds the job's own error.
     # (Blocks whose message is a SLURM job state come from the submitting Snakemake; the job's own Snakemake,
     # quoted from the log below them, reports "message: None".)
@@ -352,31 +489,46 @@ def test_failed_job_reports_its_slurm_log_and_rerun_resumes(slurm_run, mirror, t
         re.MULTILINE | re.DOTALL,
     )
     assert errors, f"no SLURM job error reported:\n{output[-4000:]}"
+    # One error per attempt of the same job (the profile retries a failed job once).
     for rule, jobid, state, block, external_jobid in errors:
-        assert (rule, state, external_jobid) == ("nc_metrics", "FAILED", jobid), block
-        # "log:" lists the rule's own log files, then the SLURM log of the job.
+        assert (rule, state, external_jobid) == ("nc", "FAILED", jobid), block
+        # "log:" lists the rule's own log file, then the SLURM log of the job.
         match = re.search(
-            r"^\s+log: .*?([^\s,]*\.snakemake/slurm_logs/rule_nc_metrics/[^\s,]+/(\d+)\.log)", block, re.M
+            rf"^\s+log: logs/nc/{FAILING_RUN}\.log, ([^\s,]*\.snakemake/slurm_logs/rule_nc/{FAILING_RUN}/(\d+)\.log)",
+            block,
+            re.M,
         )
-        assert match and match.group(2) == jobid, f"no SLURM log path in the error message:\n{block}"
+        assert match and match.group(2) == jobid, f"no rule log and SLURM log path in the error message:\n{block}"
         log = Path(match.group(1)) if Path(match.group(1)).is_absolute() else workdir / match.group(1)
         assert log.is_file(), f"{log} does not exist"
         text = log.read_text()
-        assert "rule nc_metrics" in text and "non-zero exit status 7" in text, text[-3000:]
-    assert "injected failure" in (workdir / "logs" / "nc_metrics" / backbone / "epoch_002.log").read_text()
-    assert not (nc_dir / "epoch_002.csv").exists()
+        assert "rule nc:" in text and "non-zero exit status 7" in text, text[-3000:]
+    assert "injected failure" in (workdir / "logs" / "nc" / f"{FAILING_RUN}.log").read_text()
+    assert not any(p.exists() for p in nc_tables[FAILING_RUN]), "the failed nc job left outputs behind"
     assert {p: p.stat().st_mtime_ns for p in finished_before} == finished_before, "finished outputs were rewritten"
-    done_after_failure = {p: p.stat().st_mtime_ns for p in nc_dir.glob("epoch_*.csv")}
+    # With more runs, their nc jobs may have finished while the failed one ran: those are not redone.
+    redone = {
+        run
+        for run, tables in nc_tables.items()
+        if all(p.exists() and p.stat().st_mtime_ns != nc_before[p] for p in tables)
+    }
+    assert FAILING_RUN not in redone
+    done_after_failure = {p: p.stat().st_mtime_ns for run in redone for p in nc_tables[run]}
 
-    # Fix the cause, run again: only the failed job and what depends on it run.
+    # Fix the cause, run again: only the failed job (on SLURM) and what depends on it (local rules) run.
     marker.unlink()
     code, output, seconds = snakemake(workdir, *args, env=env)
     print(f"resumed SLURM run: {seconds:.0f}s")
     assert code == 0, failure_report(output, workdir)
     rules = executed_rules(output)
-    assert rules.count("nc_metrics") == len(removed) - len(done_after_failure), rules
-    assert "aggregate_nc" in rules, rules
-    assert not {"download", "prepare", "train", "evaluate", "probes", "dump_features"} & set(rules), rules
+    left = sorted(runs - redone)
+    assert sorted(rules) == sorted(["nc"] * len(left) + ["aggregate", "figures", "dvc_metrics", "all"]), rules
+    nc_jobs = re.findall(
+        r"submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_(\w+)/([^/\s]+)/\1\.log\)", output
+    )
+    assert sorted((rule, run) for _, rule, run in nc_jobs) == [("nc", run) for run in left], nc_jobs
+    assert sorted(re.findall(r"^localrule (\w+):$", output, re.M)) == ["aggregate", "all", "dvc_metrics", "figures"]
     assert {p: p.stat().st_mtime_ns for p in finished_before} == finished_before, "finished outputs were rewritten"
-    assert {p: p.stat().st_mtime_ns for p in done_after_failure} == done_after_failure, "finished jobs redone"
-    assert read_csv(workdir / "results" / "nc_metrics.csv") == read_csv(source / "results" / "nc_metrics.csv")
+    assert {p: p.stat().st_mtime_ns for p in done_after_failure} == done_after_failure, "finished nc jobs redone"
+    compared = compare_results(source, workdir)
+    assert f"results/{FAILING_RUN}/nc/epoch_002.csv" in compared and "results/nc_metrics.csv" in compared, compared

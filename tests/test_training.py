@@ -1,157 +1,204 @@
-"""Training: the loss falls, checkpoints round-trip, a resumed run equals an uninterrupted one bit for bit."""
+"""Training: the loss falls, every epoch's weights are kept lean, and a resumed run equals an uninterrupted one."""
 
-import shutil
+import errno
+import os
+import subprocess
 
 import pandas as pd
 import pytest
 import torch
 
 import metacollapse
-from metacollapse.training import (
-    LOG_COLUMNS,
-    TIMING_COLUMNS,
-    CheckpointError,
-    TrainParams,
-    load_checkpoint,
-    load_model,
-    train,
-)
+from metacollapse.atomic import atomic_path
+from metacollapse.checkpoints import CheckpointError, load_learner, read_checkpoint
+from metacollapse.training import LOG_COLUMNS, TIMING_COLUMNS, train
+
+TRAIN = {
+    "split": "train",
+    "n_way": 10,
+    "n_support": 3,
+    "n_query": 3,
+    "episodes_per_epoch": 8,
+    "epochs": 3,
+    "lr": 1e-3,
+    "lr_decay_every": 2,
+    "lr_decay_gamma": 0.5,
+    "batch_size": 30,
+}
+VAL = {"split": "val", "n_way": 5, "n_support": 3, "n_query": 5, "episodes": 4, "seed": 1}
 
 
-def params(epochs=3, arch="conv4", **train_overrides):
-    return TrainParams.from_dict(
-        {
-            "backbone": {"arch": arch},
-            "seed": 0,
-            "train": {
-                "split": "train",
-                "n_way": 10,
-                "n_support": 3,
-                "n_query": 3,
-                "episodes_per_epoch": 8,
-                "epochs": epochs,
-                "lr": 1e-3,
-                "lr_decay_every": 2,
-                "lr_decay_gamma": 0.5,
-                "bf16": False,
-                **train_overrides,
-            },
-            "val": {"split": "val", "n_way": 5, "n_support": 3, "n_query": 5, "episodes": 4, "seed": 1},
-        }
-    )
+def spec(name="run", learner="protonet", epochs=3, **train):
+    return {
+        "name": name,
+        "learner": {"name": learner},
+        "backbone": {"arch": "conv4", "width": 16},
+        "seed": 0,
+        "train": {**TRAIN, "epochs": epochs, **train},
+        "val": VAL,
+    }
 
 
-def test_training_lowers_the_loss_and_writes_every_epoch(synthetic_data, tmp_path):
-    log = train(params(epochs=3), synthetic_data, tmp_path / "run", device="cpu")
-    assert list(log.columns) == LOG_COLUMNS and log["epoch"].tolist() == [1, 2, 3]
-    assert log["train_loss"].iloc[-1] < log["train_loss"].iloc[0]
-    assert log["val_acc"].iloc[-1] > 0.5  # 5-way chance is 0.2
-    assert log["lr"].tolist() == pytest.approx([1e-3, 1e-3, 5e-4])  # halved after every 2 epochs
-    for epoch in (1, 2, 3):
-        assert (tmp_path / "run" / "checkpoints" / f"epoch_{epoch:03d}.pt").is_file()
-    assert pd.read_csv(tmp_path / "run" / "train_log.csv")["epoch"].tolist() == [1, 2, 3]
+def fit(data, out, run_spec, precision="fp32", **kw):
+    return train(run_spec, data, out, device="cpu", precision=precision, **kw)
 
 
-def test_checkpoint_round_trip(synthetic_data, tmp_path):
-    train(params(epochs=1), synthetic_data, tmp_path / "run", device="cpu")
+def weights(path):
+    return read_checkpoint(path)["model"]
+
+
+def test_training_lowers_the_loss_and_keeps_every_epoch_from_the_untrained_one(synthetic_data, tmp_path):
+    log = fit(synthetic_data, tmp_path / "run", spec())
+    assert list(log.columns) == list(LOG_COLUMNS) and log["epoch"].tolist() == [0, 1, 2, 3]
+    assert log[["run", "learner", "backbone", "width", "seed"]].drop_duplicates().values.tolist() == [
+        ["run", "protonet", "conv4", 16, 0]
+    ]
+    assert log["train_loss"].isna().tolist() == [True, False, False, False]  # epoch 0: validation only
+    assert log["train_loss"].iloc[-1] < log["train_loss"].iloc[1]
+    assert log["val_acc"].iloc[-1] > max(0.5, log["val_acc"].iloc[0])  # 5-way chance is 0.2
+    assert log["lr"].iloc[1:].tolist() == pytest.approx([1e-3, 1e-3, 5e-4])  # halved after every 2 epochs
+    assert (log["precision"] == "fp32").all() and (log["dim"] == 16).all()
+    assert pd.read_csv(tmp_path / "run" / "train_log.csv")["epoch"].tolist() == [0, 1, 2, 3]
+    assert not (tmp_path / "run" / "train_state").exists()  # the resume state is gone once published
+
+
+def test_a_checkpoint_is_the_weights_and_a_few_fields(synthetic_data, tmp_path):
+    fit(synthetic_data, tmp_path / "run", spec(epochs=1))
     path = tmp_path / "run" / "checkpoints" / "epoch_001.pt"
-    checkpoint = load_checkpoint(path)
-    assert checkpoint["epoch"] == 1 and checkpoint["params"] == params(epochs=1).as_dict()
-    assert {"optimizer", "scheduler", "rng", "log"} <= set(checkpoint)
-    model, _ = load_model(path)
-    for name, tensor in model.state_dict().items():
+    checkpoint = read_checkpoint(path)
+    assert checkpoint["epoch"] == 1 and checkpoint["spec"] == spec(epochs=1) and checkpoint["precision"] == "fp32"
+    assert checkpoint["environment"] == {
+        "device": "cpu",
+        "torch": torch.__version__,
+        "metacollapse": metacollapse.__version__,
+    }
+    assert not {"optimizer", "scheduler", "rng", "log"} & set(checkpoint)
+    weight_bytes = sum(t.numel() * t.element_size() for t in checkpoint["model"].values())
+    assert os.path.getsize(path) <= 1.2 * weight_bytes + 16_384  # + the fixed size of a torch zip container
+    learner, _ = load_learner(path, spec(epochs=1))
+    for name, tensor in learner.state_dict().items():
         assert torch.equal(tensor, checkpoint["model"][name]), name
 
 
-def test_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(synthetic_data, tmp_path):
-    full = train(params(epochs=3), synthetic_data, tmp_path / "full", device="cpu")
-
-    # Interrupted run: as if killed during epoch 3, after Snakemake deleted the declared outputs.
-    part = tmp_path / "part"
-    train(params(epochs=3), synthetic_data, part, device="cpu")
-    (part / "train_state" / "epoch_003.pt").unlink()
-    shutil.rmtree(part / "checkpoints")
-    (part / "train_log.csv").unlink()
-    resumed = train(params(epochs=3), synthetic_data, part, device="cpu")
-
-    pd.testing.assert_frame_equal(full.drop(columns=TIMING_COLUMNS), resumed.drop(columns=TIMING_COLUMNS))
-    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "epoch_003.pt")
-    b = load_checkpoint(part / "checkpoints" / "epoch_003.pt")
-    for name in a["model"]:
-        assert torch.equal(a["model"][name], b["model"][name]), name
+def test_a_checkpoint_of_another_run_is_refused_naming_what_differs(synthetic_data, tmp_path):
+    fit(synthetic_data, tmp_path / "run", spec(epochs=1))
+    other = {**spec(epochs=1, name="wide"), "backbone": {"arch": "conv4", "width": 32}}
+    with pytest.raises(CheckpointError, match=r"epoch_001\.pt: made by another run than 'wide'.*backbone\.width"):
+        load_learner(tmp_path / "run" / "checkpoints" / "epoch_001.pt", other)
 
 
-def test_state_of_other_parameters_is_discarded_not_resumed(synthetic_data, tmp_path):
-    train(params(epochs=2, lr=1e-2), synthetic_data, tmp_path / "run", device="cpu")
-    fresh = train(params(epochs=2), synthetic_data, tmp_path / "fresh", device="cpu")
-    rerun = train(params(epochs=2), synthetic_data, tmp_path / "run", device="cpu")
-    pd.testing.assert_frame_equal(fresh.drop(columns=TIMING_COLUMNS), rerun.drop(columns=TIMING_COLUMNS))
+def interrupt_at_epoch(monkeypatch, epoch):
+    """Make the run die during ``epoch`` (after its steps, before its weights are saved), like a kill would."""
+    import metacollapse.training as training
+
+    real, calls = training.score_episodes, []
+
+    def validate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == epoch + 1:  # validation call 1 is epoch 0's
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "score_episodes", validate)
+
+
+@pytest.mark.parametrize(("learner", "precision"), [("protonet", "bf16"), ("classifier", "fp32")])
+def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(
+    synthetic_data, tmp_path, monkeypatch, precision, learner
+):
+    full = fit(synthetic_data, tmp_path / "full", spec(learner=learner), precision)
+    with monkeypatch.context() as patch:
+        interrupt_at_epoch(patch, 3)
+        with pytest.raises(KeyboardInterrupt):
+            fit(synthetic_data, tmp_path / "part", spec(learner=learner), precision)
+    assert sorted(p.name for p in (tmp_path / "part" / "train_state").glob("epoch_*.pt"))[-1] == "epoch_002.pt"
+    resumed = fit(synthetic_data, tmp_path / "part", spec(learner=learner), precision)
+    pd.testing.assert_frame_equal(full.drop(columns=list(TIMING_COLUMNS)), resumed.drop(columns=list(TIMING_COLUMNS)))
+    a, b = weights(tmp_path / "full/checkpoints/epoch_003.pt"), weights(tmp_path / "part/checkpoints/epoch_003.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bf16_training_is_repeatable_and_close_to_fp32(synthetic_data, tmp_path):
+    one = fit(synthetic_data, tmp_path / "one", spec(epochs=2), "bf16")
+    two = fit(synthetic_data, tmp_path / "two", spec(epochs=2), "bf16")
+    fp32 = fit(synthetic_data, tmp_path / "fp32", spec(epochs=2), "fp32")
+    pd.testing.assert_frame_equal(one.drop(columns=list(TIMING_COLUMNS)), two.drop(columns=list(TIMING_COLUMNS)))
+    assert (one["precision"] == "bf16").all() and read_checkpoint(tmp_path / "one/checkpoints/epoch_002.pt")[
+        "precision"
+    ] == "bf16"
+    assert not one["train_loss"].iloc[1:].equals(fp32["train_loss"].iloc[1:])  # bf16 really ran
+    assert one["train_loss"].iloc[1:].to_numpy() == pytest.approx(fp32["train_loss"].iloc[1:].to_numpy(), rel=0.1)
+
+
+def test_state_of_another_spec_is_discarded_not_resumed(synthetic_data, tmp_path, monkeypatch):
+    with monkeypatch.context() as patch:
+        interrupt_at_epoch(patch, 2)
+        with pytest.raises(KeyboardInterrupt):
+            fit(synthetic_data, tmp_path / "run", spec(lr=1e-2))
+    fresh = fit(synthetic_data, tmp_path / "fresh", spec())
+    rerun = fit(synthetic_data, tmp_path / "run", spec())
+    pd.testing.assert_frame_equal(fresh.drop(columns=list(TIMING_COLUMNS)), rerun.drop(columns=list(TIMING_COLUMNS)))
 
 
 def test_corrupt_and_foreign_checkpoints_get_a_clear_error(tmp_path):
     corrupt = tmp_path / "epoch_001.pt"
     corrupt.write_bytes(b"\x80\x02not a checkpoint")
     with pytest.raises(CheckpointError, match=r"epoch_001\.pt: not a readable torch checkpoint"):
-        load_checkpoint(corrupt)
+        read_checkpoint(corrupt)
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)
-    with pytest.raises(CheckpointError, match=r"foreign\.pt: not a metacollapse checkpoint"):
-        load_checkpoint(foreign)
+    with pytest.raises(CheckpointError, match=r"foreign\.pt: not a metacollapse weights file"):
+        read_checkpoint(foreign)
     with pytest.raises(CheckpointError, match="does not exist"):
-        load_checkpoint(tmp_path / "missing.pt")
-
-
-def test_a_checkpoint_without_a_backbone_spec_is_an_error_naming_it(synthetic_data, tmp_path):
-    train(params(epochs=1), synthetic_data, tmp_path / "run", device="cpu")
-    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "epoch_001.pt")
-    assert checkpoint["environment"] == {
-        "device": "cpu",
-        "torch": torch.__version__,
-        "metacollapse": metacollapse.__version__,
-    }
-    del checkpoint["params"]["backbone"]
-    torch.save(checkpoint, tmp_path / "edited.pt")
-    with pytest.raises(CheckpointError, match=r"edited\.pt: checkpoint params hold no backbone spec"):
-        load_model(tmp_path / "edited.pt")
+        read_checkpoint(tmp_path / "missing.pt")
 
 
 def test_temporaries_of_a_killed_save_are_removed_by_the_next_run(synthetic_data, tmp_path):
-    state = tmp_path / "run" / "train_state"
-    state.mkdir(parents=True)
-    # What atomic_path leaves when SIGKILL lands inside torch.save; a real checkpoint-like file stays.
-    debris = state / ".epoch_002.pt.4242-0123456789ab.tmp.pt"
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    debris = checkpoints / ".epoch_002.pt.4242-0123456789ab.tmp.pt"  # what SIGKILL inside torch.save leaves
     debris.write_bytes(b"half a checkpoint")
-    keep = state / "notes.txt"
+    keep = checkpoints / "notes.txt"
     keep.write_text("mine")
-    train(params(epochs=2), synthetic_data, tmp_path / "run", device="cpu")
+    fit(synthetic_data, tmp_path / "run", spec(epochs=1))
     assert not debris.exists() and keep.exists()
-    assert sorted(p.name for p in state.glob("epoch_*.pt")) == ["epoch_001.pt", "epoch_002.pt"]
 
 
-def test_without_a_terminal_progress_goes_to_the_log_and_leaves_the_numbers_alone(
-    synthetic_data, tmp_path, monkeypatch, caplog
-):
-    monkeypatch.setattr("metacollapse.training.LOG_PROGRESS_EVERY", 0.0)  # a line after every episode
+def test_progress_lines_go_to_the_log_and_leave_the_numbers_alone(synthetic_data, tmp_path, monkeypatch, caplog):
+    quiet = fit(synthetic_data, tmp_path / "quiet", spec(epochs=1))
+    monkeypatch.setattr("metacollapse.training.LOG_PROGRESS_EVERY", 0.0)  # a line after every step
     with caplog.at_level("INFO", logger="metacollapse.training"):
-        logged = train(params(epochs=1), synthetic_data, tmp_path / "logged", device="cpu")  # pytest: no tty
-    lines = [r.getMessage() for r in caplog.records if "episodes/s, loss" in r.getMessage()]
-    assert len(lines) == 8 and lines[-1].startswith("epoch 1/1: 8/8 episodes")
-    caplog.clear()
-    with caplog.at_level("INFO", logger="metacollapse.training"):
-        quiet = train(params(epochs=1), synthetic_data, tmp_path / "quiet", device="cpu", progress=False)
-    assert not [r for r in caplog.records if "episodes/s, loss" in r.getMessage()]
-    assert any(r.getMessage().startswith("epoch   1/1  train loss") for r in caplog.records)  # the epoch line
-    pd.testing.assert_frame_equal(logged.drop(columns=TIMING_COLUMNS), quiet.drop(columns=TIMING_COLUMNS))
+        logged = fit(synthetic_data, tmp_path / "logged", spec(epochs=1))
+    lines = [r.getMessage() for r in caplog.records if "steps/s, loss" in r.getMessage()]
+    assert len(lines) == 8 and lines[-1].startswith("epoch 1/1: 8/8 steps")
+    pd.testing.assert_frame_equal(logged.drop(columns=list(TIMING_COLUMNS)), quiet.drop(columns=list(TIMING_COLUMNS)))
 
 
 def test_asking_for_cuda_without_one_is_an_error(synthetic_data, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="no CUDA device"):
-        train(params(epochs=1), synthetic_data, tmp_path / "run", device="cuda")
+        train(spec(epochs=1), synthetic_data, tmp_path / "run", device="cuda")
 
 
 def test_a_shorter_rerun_leaves_no_checkpoints_of_the_longer_one(synthetic_data, tmp_path):
-    train(params(epochs=3), synthetic_data, tmp_path / "run", device="cpu")
-    train(params(epochs=2), synthetic_data, tmp_path / "run", device="cpu")
+    fit(synthetic_data, tmp_path / "run", spec(epochs=3))
+    fit(synthetic_data, tmp_path / "run", spec(epochs=2))
     names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
-    assert names == ["epoch_001.pt", "epoch_002.pt"]
+    assert names == ["epoch_000.pt", "epoch_001.pt", "epoch_002.pt"]
+
+
+def test_a_full_disk_is_reported_as_such_naming_the_file(tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], check=True)
+    try:
+        target = small / "epoch_001.pt"
+        with (
+            pytest.raises(OSError, match=r"disk full while writing .*epoch_001\.pt") as caught,
+            atomic_path(target) as tmp,
+        ):
+            torch.save({"weights": torch.zeros(100_000)}, tmp)
+        assert caught.value.errno == errno.ENOSPC
+        assert list(small.iterdir()) == []  # nothing half-written is left
+    finally:
+        subprocess.run(["umount", "--lazy", str(small)], check=True)

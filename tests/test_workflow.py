@@ -8,9 +8,10 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import make_workspace, snakemake
+from conftest import REPO, make_workspace, snakemake
 
 EXPECTED_CLASSES = {"train": 4112, "val": 688, "trainval": 4800, "test": 1692}
+STUDIES = sorted(f"config/studies/{p.name}" for p in (REPO / "config" / "studies").glob("*.yaml"))
 
 
 def test_prepare_renders_every_split_from_the_mirror(prepared_workspace):
@@ -42,12 +43,12 @@ def test_a_rerun_of_the_data_stage_does_nothing(prepared_workspace, omniglot_mir
     assert before == {p: p.stat().st_mtime_ns for p in (prepared_workspace / "data").rglob("*.npy")}
 
 
-@pytest.mark.parametrize("configfile", ["config/config.yaml", "config/quick.yaml", "config/cpu_conv4.yaml"])
+@pytest.mark.parametrize("configfile", ["config/config.yaml", "config/quick.yaml", *STUDIES])
 def test_dry_run_builds_the_whole_dag(tmp_path, configfile):
     workdir = make_workspace(tmp_path)
     result = snakemake(workdir, "-n", "--configfile", configfile)
     out = result.stdout + result.stderr
-    for rule in ("download", "prepare", "train", "evaluate", "dump_features", "nc_metrics", "figures"):
+    for rule in ("download", "prepare", "train", "evaluate", "features", "nc", "aggregate", "figures"):
         assert f"rule {rule}:" in out or f"\n{rule} " in out, rule
 
 
@@ -61,44 +62,61 @@ def job_counts(workdir, *args: str) -> dict[str, int]:
     }
 
 
-def dry_run_resources(workdir, *args: str) -> dict[str, set[str]]:
-    """Rule -> the distinct `resources:` lines Snakemake resolved for its jobs in a dry run."""
-    out = snakemake(workdir, "-n", *args).stdout
-    found: dict[str, set[str]] = {}
-    rule = None
-    for line in out.splitlines():
+def dry_run_jobs(workdir, *args: str) -> list[dict[str, str]]:
+    """Every job of a dry run as {"rule", "wildcards", "resources", "output"} (the lines Snakemake prints)."""
+    jobs: list[dict[str, str]] = []
+    for line in snakemake(workdir, "-n", *args).stdout.splitlines():
         if line.startswith(("rule ", "localrule ")):
-            rule = line.split()[1].rstrip(":")
-        elif line.strip().startswith("resources:") and rule:
-            found.setdefault(rule, set()).add(line.strip())
-    return found
+            jobs.append({"rule": line.split()[1].rstrip(":"), "local": line.startswith("localrule")})
+        elif jobs and ":" in line and line.startswith("    "):
+            key, _, value = line.strip().partition(": ")
+            jobs[-1][key] = value
+    return jobs
 
 
-def test_paper_config_dumps_features_for_every_epoch_of_both_backbones(tmp_path):
+def test_the_paper_protocol_is_one_job_per_run_and_stage(tmp_path):
     counts = job_counts(make_workspace(tmp_path))
-    assert counts["train"] == 2 and counts["dump_features"] == 200 and counts["nc_metrics"] == 200
+    assert counts["train"] == counts["features"] == counts["nc"] == counts["evaluate"] == 2
+    assert counts["total"] < 20  # download, prepare, probes, 4 x 2 per run, aggregate, figures, metrics, all
 
 
-def test_a_preset_drops_an_inherited_backbone_by_setting_it_to_null(tmp_path):
+def test_a_sweep_expands_into_named_runs_over_the_defaults(tmp_path):
     workdir = make_workspace(tmp_path)
-    (workdir / "one.yaml").write_text("backbones: {resnet18: null}\n")
+    (workdir / "ladder.yaml").write_text(
+        "runs: {resnet18: null}\n"
+        "sweeps:\n"
+        "  ladder:\n"
+        "    run: {backbone: {arch: conv4}, train: {lr: 0.002}}\n"
+        "    grid: {backbone.width: [16, 32], seed: [0, 1, 2]}\n"
+        "    name: 'conv4-w{backbone.width}-s{seed}'\n"
+    )
+    trains = [j for j in dry_run_jobs(workdir, "--configfile", "ladder.yaml") if j["rule"] == "train"]
+    runs = sorted(j["wildcards"].removeprefix("run=") for j in trains)
+    assert runs == ["conv4", *(f"conv4-w{w}-s{s}" for w in (16, 32) for s in (0, 1, 2))]
+    (workdir / "clash.yaml").write_text("sweeps: {s: {grid: {seed: [0, 0]}, name: conv4}}\n")
+    result = snakemake(workdir, "-n", "--configfile", "clash.yaml", check=False)
+    assert result.returncode != 0 and "run name 'conv4' is defined twice" in result.stdout + result.stderr
+
+
+def test_an_overlay_drops_an_inherited_run_by_setting_it_to_null(tmp_path):
+    workdir = make_workspace(tmp_path)
+    (workdir / "one.yaml").write_text("runs: {resnet18: null}\n")
     counts = job_counts(workdir, "--configfile", "one.yaml")
-    assert counts["train"] == 1 and counts["evaluate"] == 1 and counts["dump_features"] == 100
-    (workdir / "none.yaml").write_text("backbones: {resnet18: null, conv4: null}\n")
+    assert counts["train"] == counts["evaluate"] == counts["features"] == 1
+    (workdir / "none.yaml").write_text("runs: {resnet18: null, conv4: null}\n")
     result = snakemake(workdir, "-n", "--configfile", "none.yaml", check=False)
-    assert result.returncode != 0 and "every entry of `backbones` is null" in result.stdout + result.stderr
+    assert result.returncode != 0 and "no runs" in result.stdout + result.stderr
 
 
-def test_the_workstation_profile_gives_training_the_gpu_and_lets_feature_dumps_share_it(tmp_path):
+def test_light_rules_stay_local_and_the_profile_gives_training_the_gpu(tmp_path):
     workdir = make_workspace(tmp_path)
-    plain = dry_run_resources(workdir)
-    profiled = dry_run_resources(workdir, "--workflow-profile", "workflow/profiles/default")
-    for rule in ("train", "evaluate", "dump_features"):
-        assert all("gpu=1" in line for line in plain[rule]), (rule, plain[rule])
-    for rule in ("train", "evaluate"):
-        assert all("gpu=1" in line for line in profiled[rule]), (rule, profiled[rule])
-    # 200 one-epoch dumps, each mostly process start-up: serialised on the GPU slot they would outlast training.
-    assert all("gpu=0" in line for line in profiled["dump_features"]), profiled["dump_features"]
+    jobs = dry_run_jobs(workdir, "--workflow-profile", "workflow/profiles/default")
+    local = {j["rule"] for j in jobs if j["local"]}
+    assert {"download", "probes", "aggregate", "figures", "dvc_metrics"} <= local
+    assert not local & {"prepare", "train", "evaluate", "features", "nc"}
+    for job in jobs:
+        if job["rule"] in ("train", "evaluate", "features"):
+            assert "gpu=1" in job["resources"], job
 
 
 def test_lint_is_clean(tmp_path):
@@ -109,7 +127,7 @@ def test_lint_is_clean(tmp_path):
 
 @pytest.mark.parametrize(
     ("override", "named"),
-    [("colour=blue", "colour"), ("device=tpu", "tpu"), ("seed=-1", "-1")],
+    [("colour=blue", "colour"), ("device=tpu", "tpu"), ("epochs=0", "0"), ("precision=fp8", "fp8")],
 )
 def test_a_bad_config_stops_the_run_naming_the_value(tmp_path, override, named):
     workdir = make_workspace(tmp_path)

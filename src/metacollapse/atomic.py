@@ -17,10 +17,12 @@ half-written file at a target path. Everything here writes to a temporary file i
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
 import secrets
+import shutil
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -88,6 +90,14 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def _disk_full(exc: BaseException) -> bool:
+    while exc is not None:
+        if getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc) or "unexpected pos" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str], *, fsync: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; move it onto ``target`` only if the block succeeds.
@@ -105,10 +115,16 @@ def atomic_path(target: str | os.PathLike[str], *, fsync: bool = True) -> Iterat
         if fsync:
             _fsync_file(tmp)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         # BaseException too: a KeyboardInterrupt (e.g. Snakemake cancelling a job) must not leave debris.
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if _disk_full(exc):
+            # torch.save reports a full disk as "[enforce fail at inline_container.cc] unexpected pos".
+            free = shutil.disk_usage(target.parent).free
+            raise OSError(
+                errno.ENOSPC, f"disk full while writing {target} ({free} bytes free on its filesystem)"
+            ) from exc
         raise
     if fsync:
         _fsync_dir(target.parent)

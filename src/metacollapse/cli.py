@@ -1,8 +1,8 @@
-"""The ``metacollapse`` command line: one subcommand per pipeline stage.
+"""The ``metacollapse`` command line: one subcommand per pipeline stage; it only parses and calls the stage.
 
-Snakemake rules call these; each takes explicit paths and parameters (no hidden global config), writes its
-outputs atomically, logs to stderr, and reports bad input as one clear line (exit status 2) instead of a traceback.
-Heavy imports (torch, matplotlib) happen inside the subcommand that needs them, so ``--help`` stays instant.
+Snakemake rules call these; each takes explicit paths and parameters (no hidden global config), and bad input is
+reported as one clear line (exit status 2) instead of a traceback (``-v`` shows it). Heavy imports happen inside
+the subcommand that needs them, so ``--help`` stays instant.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,8 +31,14 @@ def _json_arg(text: str) -> dict:
 def cmd_download(args: argparse.Namespace) -> None:
     from metacollapse.data import download_omniglot
 
-    for path in download_omniglot(args.out_dir, args.mirror or None):
+    for path in download_omniglot(args.out_dir, args.mirror):
         log.info("verified %s", path)
+
+
+def cmd_make_mirror(args: argparse.Namespace) -> None:
+    from metacollapse.data import make_mirror
+
+    log.info("wrote %s", make_mirror(args.zips_dir, args.mirror_dir))
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -48,27 +55,17 @@ def cmd_data_info(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from metacollapse.training import TrainParams, set_threads, train
+    from metacollapse.training import train
 
-    set_threads(args.threads)
-    frame = train(TrainParams.from_dict(args.params), args.data_dir, args.out_dir, args.device, args.progress)
-    log.info("final epoch: %s", frame.iloc[-1].to_dict())
+    train(args.spec, args.data_dir, args.out_dir, args.device, args.precision, args.deterministic, args.threads)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from metacollapse.data import load_split
-    from metacollapse.episodes import split_to_device
-    from metacollapse.evaluation import evaluate, write_csv
-    from metacollapse.training import load_model, resolve_device, set_threads
+    from metacollapse.evaluation import evaluate_run
 
-    set_threads(args.threads)
-    device = resolve_device(args.device)
-    model, _ = load_model(args.checkpoint, device)
-    p = args.params
-    split = split_to_device(load_split(args.data_dir, p["split"])[0], device)
-    frame = evaluate(model, split, p["settings"], int(p["n_query"]), int(p["episodes"]), int(p["seed"]), args.backbone)
-    write_csv(frame, args.out)
-    log.info("few-shot accuracy:\n%s", frame.to_string(index=False))
+    evaluate_run(
+        args.spec, args.checkpoint, args.data_dir, args.out, args.params, args.device, args.precision, args.threads
+    )
 
 
 def cmd_make_probes(args: argparse.Namespace) -> None:
@@ -77,69 +74,48 @@ def cmd_make_probes(args: argparse.Namespace) -> None:
     make_probes(args.params["probes"], int(args.params["seed"]), args.data_dir, args.out)
 
 
-def cmd_dump_features(args: argparse.Namespace) -> None:
-    from metacollapse.features import dump_features
-    from metacollapse.training import set_threads
+def cmd_features(args: argparse.Namespace) -> None:
+    from metacollapse.features import features_stage
 
-    set_threads(args.threads)
-    dump_features(args.checkpoint, args.probes, args.data_dir, args.out, args.backbone, args.device, args.bn_mode)
+    features_stage(
+        args.spec, args.checkpoints, args.probes, args.data_dir, args.out, args.device, args.precision, args.threads
+    )
 
 
 def cmd_nc(args: argparse.Namespace) -> None:
-    from metacollapse.nc import nc_table_for_file
+    # The NC stage is thousands of small eigendecompositions: a multi-threaded BLAS only adds overhead (up to 10x).
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    from metacollapse.nc import nc_tables_for_run
 
-    nc_table_for_file(args.features, args.out)
+    nc_tables_for_run(args.features, args.out)
 
 
-def cmd_aggregate_nc(args: argparse.Namespace) -> None:
-    import pandas as pd
+def cmd_aggregate(args: argparse.Namespace) -> None:
+    from metacollapse.tables import concat_tables
 
-    from metacollapse.atomic import atomic_path
-
-    frames = [pd.read_csv(path) for path in args.inputs]
-    table = pd.concat(frames, ignore_index=True).sort_values(["backbone", "epoch", "probe", "set", "metric"])
-    with atomic_path(args.out) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.9g")
+    concat_tables(args.kind, args.inputs, args.out)
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
     from metacollapse.figures import make_figures
 
-    for path in make_figures(args.nc, args.train_logs, args.fewshot, args.out_dir):
+    for path in make_figures(args.nc, args.train_log, args.fewshot, args.out_dir):
         log.info("wrote %s", path)
 
 
-def cmd_dvc_yaml(args: argparse.Namespace) -> None:
-    from metacollapse.dvc import check_dvc_yaml, write_dvc_yaml
+def cmd_dvc_metrics(args: argparse.Namespace) -> None:
+    from metacollapse.tables import write_dvc_metrics
 
-    if args.check:
-        check_dvc_yaml(args.out, args.config)
-        log.info("%s is current", args.out)
-    else:
-        log.info("wrote %s", write_dvc_yaml(args.out, args.config))
+    write_dvc_metrics(args.train_log, args.fewshot, args.metrics, args.plots_dir)
 
 
-def cmd_dvc_summary(args: argparse.Namespace) -> None:
-    from metacollapse.dvc import write_metrics_summary
+def cmd_estimate(args: argparse.Namespace) -> None:
+    from metacollapse.estimate import estimate
 
-    for path in write_metrics_summary(args.nc, args.fewshot, args.train_logs, args.metrics, args.plots_dir):
-        log.info("wrote %s", path)
-
-
-def cmd_dvc_settle(args: argparse.Namespace) -> None:
-    from metacollapse.dvc import repair, settle
-
-    if args.repair:
-        for path in repair(jobs=args.jobs):
-            log.warning("removed %s", path)
-        return
-    settle(verify=not args.no_verify, force=args.force, jobs=args.jobs)
-
-
-def cmd_dvc_pull(args: argparse.Namespace) -> None:
-    from metacollapse.dvc import pull
-
-    pull(targets=args.targets, remote=args.remote, jobs=args.jobs, verify=not args.no_verify)
+    text = args.plan if args.plan is not None else os.environ.get("METACOLLAPSE_PLAN", "")
+    warning = estimate(_json_arg(text)) if text else None
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,11 +130,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     def compute_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:N]")
+        p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="forward-pass arithmetic")
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
-    p = add("download", cmd_download, "Fetch and verify the two Omniglot zips.")
+    spec_help = 'JSON run spec: {"name", "learner", "backbone", "seed", "train", "val"} (metacollapse.runs)'
+
+    p = add("download", cmd_download, "Fetch and verify the two Omniglot zips (kept if already verified).")
     p.add_argument("--out-dir", type=Path, required=True)
-    p.add_argument("--mirror", default=None, help="folder or URL prefix holding the zips and SHA256SUMS")
+    p.add_argument(
+        "--mirror",
+        default=None,
+        help="folder or URL prefix with the zips and SHA256SUMS (default: "
+        "$METACOLLAPSE_OMNIGLOT_MIRROR, else the official upstream)",
+    )
+
+    p = add("make-mirror", cmd_make_mirror, "Make a mirror folder (zips + SHA256SUMS) from verified zips.")
+    p.add_argument("zips_dir", type=Path)
+    p.add_argument("mirror_dir", type=Path)
 
     p = add("prepare", cmd_prepare, "Render the Vinyals splits to uint8 arrays [classes, 20, 28, 28].")
     p.add_argument("--raw-dir", type=Path, required=True)
@@ -169,83 +157,57 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("data-info", cmd_data_info, "Print JSON with classes, images per class and image shape per split.")
     p.add_argument("processed_dir", type=Path)
 
-    p = add("train", cmd_train, "Train (or resume) one backbone; a checkpoint per epoch.")
-    p.add_argument("--backbone", required=True)
-    p.add_argument("--params", type=_json_arg, required=True, help='JSON: {"backbone", "seed", "train", "val"}')
+    p = add("train", cmd_train, "Train (or resume) one run; weights for every epoch, and the training log.")
+    p.add_argument("--spec", type=_json_arg, required=True, help=spec_help)
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--out-dir", type=Path, required=True)
-    p.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar with episodes/s, loss and accuracy (default: on a terminal; otherwise, as in a "
-        "Snakemake log, a progress line every 30 s); --no-progress: only the line per epoch",
-    )
+    p.add_argument("--deterministic", action="store_true", help="bitwise-repeatable CUDA kernels")
     compute_options(p)
 
-    p = add("evaluate", cmd_evaluate, "Few-shot accuracy of a checkpoint on novel classes.")
-    p.add_argument("--backbone", required=True)
+    p = add("evaluate", cmd_evaluate, "Few-shot accuracy of a run's final checkpoint on novel classes.")
+    p.add_argument("--spec", type=_json_arg, required=True, help=spec_help)
     p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--params", type=_json_arg, required=True)
+    p.add_argument("--params", type=_json_arg, required=True, help="JSON: the config's evaluate section")
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     compute_options(p)
 
-    p = add("make-probes", cmd_make_probes, "Draw the fixed probe sets once per run.")
+    p = add("make-probes", cmd_make_probes, "Draw the fixed probe sets shared by every run and epoch.")
     p.add_argument("--params", type=_json_arg, required=True, help='JSON: {"seed", "probes"}')
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
 
-    p = add("dump-features", cmd_dump_features, "Embed every probe image with one epoch's checkpoint.")
-    p.add_argument("--backbone", required=True)
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p = add("features", cmd_features, "Embed every probe image with each listed checkpoint of one run.")
+    p.add_argument("--spec", type=_json_arg, required=True, help=spec_help)
+    p.add_argument("--checkpoints", type=Path, nargs="+", required=True)
+    p.add_argument("--out", type=Path, nargs="+", required=True, help="one feature dump per checkpoint")
     p.add_argument("--probes", type=Path, required=True)
     p.add_argument("--data-dir", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--bn-mode", choices=["eval", "train"], default="eval")
     compute_options(p)
 
-    p = add("nc", cmd_nc, "Neural-collapse metrics of one feature dump (long CSV).")
-    p.add_argument("--features", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p = add("nc", cmd_nc, "Neural-collapse tables (long CSV) of feature dumps, one per dump.")
+    p.add_argument("--features", type=Path, nargs="+", required=True)
+    p.add_argument("--out", type=Path, nargs="+", required=True)
 
-    p = add("aggregate-nc", cmd_aggregate_nc, "Concatenate per-epoch NC tables into one long CSV.")
+    p = add("aggregate", cmd_aggregate, "Concatenate per-run tables of one kind into one CSV.")
+    p.add_argument("--kind", required=True, choices=["train_log", "fewshot", "nc"])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("inputs", type=Path, nargs="+")
 
-    p = add("figures", cmd_figures, "Draw the NC and training figures (PNG and PDF).")
+    p = add("figures", cmd_figures, "Draw the figures (PNG and PDF) from the aggregated tables.")
     p.add_argument("--nc", type=Path, required=True)
-    p.add_argument("--train-logs", type=Path, nargs="+", required=True)
-    p.add_argument("--fewshot", type=Path, nargs="+", required=True)
+    p.add_argument("--train-log", type=Path, required=True)
+    p.add_argument("--fewshot", type=Path, required=True)
     p.add_argument("--out-dir", type=Path, required=True)
 
-    p = add("dvc-yaml", cmd_dvc_yaml, "Write dvc.yaml from the config (or, with --check, fail if it is stale).")
-    p.add_argument("--config", type=Path, default=Path("config/config.yaml"))
-    p.add_argument("--out", type=Path, default=Path("dvc.yaml"))
-    p.add_argument("--check", action="store_true", help="compare instead of writing; exit status 2 if they differ")
-
-    p = add("dvc-summary", cmd_dvc_summary, "Write the DVC metrics (JSON) and plot tables from the pipeline tables.")
-    p.add_argument("--nc", type=Path, required=True)
-    p.add_argument("--train-logs", type=Path, nargs="+", required=True)
-    p.add_argument("--fewshot", type=Path, nargs="+", required=True)
+    p = add("dvc-metrics", cmd_dvc_metrics, "Headline numbers (JSON) and curves (CSV) for dvc metrics / plots.")
+    p.add_argument("--train-log", type=Path, required=True)
+    p.add_argument("--fewshot", type=Path, required=True)
     p.add_argument("--metrics", type=Path, required=True)
     p.add_argument("--plots-dir", type=Path, required=True)
 
-    p = add(
-        "dvc-settle",
-        cmd_dvc_settle,
-        "After dvc pull/checkout/commit: verify outputs against dvc.lock, then make Snakemake see them up to date.",
-    )
-    p.add_argument("--no-verify", action="store_true", help="skip re-hashing the outputs")
-    p.add_argument("--force", action="store_true", help="touch even if `dvc status` is not clean")
-    p.add_argument("--repair", action="store_true", help="delete corrupted cache objects and their checkouts")
-    p.add_argument("--jobs", type=int, default=None, help="parallel hashing / transfer jobs")
-
-    p = add("dvc-pull", cmd_dvc_pull, "dvc pull, then dvc-settle (verify, touch, Snakemake metadata).")
-    p.add_argument("targets", nargs="*", help="stages or paths (default: everything; a partial pull is not settled)")
-    p.add_argument("--remote", default=None)
-    p.add_argument("--no-verify", action="store_true", help="skip re-hashing the outputs")
-    p.add_argument("--jobs", type=int, default=None, help="parallel hashing / transfer jobs")
+    p = add("estimate", cmd_estimate, "On a CPU, estimate the training time of a plan and name the CPU presets.")
+    p.add_argument("--plan", default=None, help='JSON {"runs", "device", "precision"} (default: $METACOLLAPSE_PLAN)')
     return parser
 
 

@@ -3,6 +3,8 @@
 This module owns every file under ``data/`` that the pipeline produces (see ``docs/CONTRACTS.md``):
 
 - ``data/raw/images_{background,evaluation}.zip``: written by :func:`download_omniglot`, checksum-verified.
+  The source is the official upstream unless a mirror is given (argument, or the ``METACOLLAPSE_OMNIGLOT_MIRROR``
+  environment variable); :func:`make_mirror` turns a folder of the two zips into such a mirror.
 - ``data/processed/{split}.npy`` (uint8 ``[classes, 20, 28, 28]``, strokes = 1, background = 0) and
   ``data/processed/{split}_classes.txt`` (one ``Alphabet/characterNN/rotDDD`` per line, in array order):
   written by :func:`prepare_splits` from the raw zips and the committed Vinyals split lists
@@ -36,7 +38,9 @@ import hashlib
 import http.client
 import io
 import logging
+import os
 import re
+import shutil
 import time
 import urllib.error
 import urllib.parse
@@ -55,8 +59,11 @@ from metacollapse.atomic import atomic_path, atomic_write_text, hash_file
 __all__ = [
     "IMAGES_PER_CLASS",
     "IMAGE_SIZE",
+    "MIRROR_ENV",
     "RAW_IMAGE_SIZE",
+    "REFERENCE_SHA256",
     "SPLITS",
+    "UPSTREAM_ENV",
     "UPSTREAM_MD5",
     "UPSTREAM_URL",
     "ZIP_NAMES",
@@ -64,6 +71,7 @@ __all__ = [
     "data_info",
     "download_omniglot",
     "load_split",
+    "make_mirror",
     "parse_checksum_file",
     "prepare_splits",
 ]
@@ -77,11 +85,23 @@ UPSTREAM_MD5: dict[str, str] = {
     "images_background.zip": "68d2efa1b9178cc56df9314c21c6e718",
     "images_evaluation.zip": "6b91aef0f799c5bb55b94e3f2daec811",
 }
+# sha256 of the deterministic rebuild of the two zips that the project's reference mirror holds: the same
+# 32,460 original PNG files, stored uncompressed (its MANIFEST.md documents how they were built and checked).
+REFERENCE_SHA256: dict[str, str] = {
+    "images_background.zip": "5e40902b4b72dcec6d87732eb8e8c0862f2c92b579cf264e65fc7a0954e80d47",
+    "images_evaluation.zip": "bcc0b44a73cc146a6739d98c0004e3fc70173968e567278fb429b3dd55342400",
+}
+# Where download_omniglot finds its source when no mirror argument is given.
+MIRROR_ENV = "METACOLLAPSE_OMNIGLOT_MIRROR"
+# Replaces the official upstream (URL and md5s) for testing and for private copies of the upstream files.
+UPSTREAM_ENV = "METACOLLAPSE_OMNIGLOT_UPSTREAM"
 SPLITS: tuple[str, ...] = ("train", "val", "trainval", "test")
 IMAGES_PER_CLASS = 20
 RAW_IMAGE_SIZE = 105
 IMAGE_SIZE = 28
 CHECKSUM_FILE = "SHA256SUMS"
+MD5_FILE = "MD5SUMS"
+_DIGEST_LENGTH = {"md5": 32, "sha256": 64}
 
 _ROTATIONS: dict[str, Image.Transpose | None] = {
     "000": None,
@@ -143,33 +163,20 @@ def parse_checksum_file(text: str, source: str) -> dict[str, str]:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _mirror_base_url(mirror: str) -> str:
-    """A URL prefix ending in '/' for a mirror given as a local folder, ``file://`` or ``http(s)://`` URL."""
-    scheme = urllib.parse.urlsplit(mirror).scheme.lower()
+def _base_url(location: str, what: str) -> str:
+    """A URL prefix ending in '/' for a local folder, ``file://`` or ``http(s)://`` URL (``what`` names it)."""
+    scheme = urllib.parse.urlsplit(location).scheme.lower()
     if scheme in ("http", "https", "file"):
-        base = mirror
+        base = location
     elif scheme and len(scheme) > 1:  # one letter would be a Windows drive, i.e. a local path
-        raise DataError(f"unsupported mirror {mirror!r}: use a local folder, a file:// or an http(s):// URL")
+        raise DataError(f"unsupported {what} {location!r}: use a local folder, a file:// or an http(s):// URL")
     else:
-        base = Path(mirror).expanduser().resolve().as_uri()
+        base = Path(location).expanduser().resolve().as_uri()
     return base if base.endswith("/") else base + "/"
 
 
 def _open_url(url: str) -> http.client.HTTPResponse:
     return urllib.request.urlopen(url, timeout=_TIMEOUT_S)  # noqa: S310 - schemes are checked by the caller
-
-
-def _fetch_checksums(base: str, mirror: str) -> dict[str, str]:
-    url = base + CHECKSUM_FILE
-    try:
-        with _open_url(url) as resp:
-            text = resp.read().decode("utf-8")
-    except (urllib.error.URLError, OSError, http.client.HTTPException, UnicodeDecodeError, ValueError) as exc:
-        raise DataError(
-            f"cannot read {CHECKSUM_FILE} from mirror {mirror!r} ({url}): {_reason(exc)}; it is needed for "
-            f"the expected sha256 of {', '.join(ZIP_NAMES)} (nothing was downloaded)"
-        ) from exc
-    return parse_checksum_file(text, url)
 
 
 def _reason(exc: BaseException) -> str:
@@ -178,6 +185,56 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, urllib.error.URLError):
         return f"unreachable ({exc.reason})"
     return f"{type(exc).__name__}: {exc}"
+
+
+@dataclass(frozen=True)
+class _Source:
+    base: str  # URL prefix ending in '/'
+    algorithm: str  # "md5" or "sha256"
+    expected: dict[str, str]  # zip name -> hex digest
+    description: str  # for messages
+
+
+def _fetch_checksums(base: str, file_name: str, algorithm: str, description: str) -> dict[str, str]:
+    """The ``algorithm`` digests of both zips from the checksum file ``base + file_name``."""
+    url = base + file_name
+    try:
+        with _open_url(url) as resp:
+            text = resp.read().decode("utf-8")
+    except (urllib.error.URLError, OSError, http.client.HTTPException, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(
+            f"cannot read {file_name} from {description} ({url}): {_reason(exc)}; it is needed for "
+            f"the expected {algorithm} of {', '.join(ZIP_NAMES)} (nothing was downloaded)"
+        ) from exc
+    sums = parse_checksum_file(text, url)
+    # Check every entry before downloading anything.
+    for name in ZIP_NAMES:
+        if name not in sums:
+            raise DataError(
+                f"no checksum for {name} in {url}: expected {algorithm} unknown, actual not computed "
+                f"(entries present: {sorted(sums)})"
+            )
+        if len(sums[name]) != _DIGEST_LENGTH[algorithm]:
+            raise DataError(
+                f"{url}: the checksum of {name} has {len(sums[name])} hex digits, expected "
+                f"{_DIGEST_LENGTH[algorithm]} for {algorithm}"
+            )
+    return {name: sums[name] for name in ZIP_NAMES}
+
+
+def _configured_source(mirror: str | None) -> _Source:
+    """The source ``download_omniglot`` uses: see its docstring. Reads the source's checksum file, if any."""
+    mirror = str(mirror).strip() if mirror else os.environ.get(MIRROR_ENV, "").strip()
+    if mirror:
+        base = _base_url(mirror, "mirror")
+        description = f"mirror {mirror!r}"
+        return _Source(base, "sha256", _fetch_checksums(base, CHECKSUM_FILE, "sha256", description), description)
+    override = os.environ.get(UPSTREAM_ENV, "").strip()
+    if override:
+        base = _base_url(override, "upstream")
+        description = f"upstream {base} (set by {UPSTREAM_ENV})"
+        return _Source(base, "md5", _fetch_checksums(base, MD5_FILE, "md5", description), description)
+    return _Source(UPSTREAM_URL, "md5", dict(UPSTREAM_MD5), f"upstream {UPSTREAM_URL} (md5 pinned by torchvision)")
 
 
 def _download_verified(url: str, target: Path, algorithm: str, expected: str) -> None:
@@ -221,57 +278,131 @@ def _download_verified(url: str, target: Path, algorithm: str, expected: str) ->
             ) from exc
 
 
+class _Digests:
+    """Lazily computed digests of one file, each algorithm hashed at most once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._done: dict[str, str] = {}
+
+    def __getitem__(self, algorithm: str) -> str:
+        if algorithm not in self._done:
+            self._done[algorithm] = hash_file(self.path, algorithm)
+        return self._done[algorithm]
+
+
+def _known_good(digests: _Digests, name: str) -> str | None:
+    """Which source-independent reference the file matches: the 2015 original or the reference rebuild."""
+    if digests["md5"] == UPSTREAM_MD5[name]:
+        return f"md5 {UPSTREAM_MD5[name]} of the original upstream file"
+    if digests["sha256"] == REFERENCE_SHA256[name]:
+        return f"sha256 {REFERENCE_SHA256[name]} of the reference rebuild"
+    return None
+
+
 def download_omniglot(out_dir: Path, mirror: str | None = None) -> list[Path]:
     """Fetch ``images_background.zip`` and ``images_evaluation.zip`` into ``out_dir``, verified.
 
-    ``mirror=None`` downloads from the official upstream (``UPSTREAM_URL``) and checks the md5s that
-    torchvision pins. Otherwise ``mirror`` is a local folder, a ``file://`` URL or an ``http(s)://`` URL
-    prefix holding the two zips and a ``SHA256SUMS`` file that gives their expected sha256.
+    **Source.** ``mirror`` if it is a non-empty string; otherwise the environment variable
+    ``METACOLLAPSE_OMNIGLOT_MIRROR`` (:data:`MIRROR_ENV`) if it is set and non-empty; otherwise the official
+    upstream. A mirror is a local folder, a ``file://`` URL or an ``http(s)://`` URL prefix holding the two zips
+    and a ``SHA256SUMS`` file (``sha256sum`` format) giving their expected sha256 (:func:`make_mirror` makes
+    one). The official upstream is ``UPSTREAM_URL``, checked against the md5s that torchvision pins
+    (``UPSTREAM_MD5``). For testing and for private copies of the upstream files, the environment variable
+    ``METACOLLAPSE_OMNIGLOT_UPSTREAM`` (:data:`UPSTREAM_ENV`) replaces that upstream with another base (folder,
+    ``file://`` or ``http(s)://``), which must also serve an ``MD5SUMS`` file (``md5sum`` format) for the zips.
 
-    A target that already exists and verifies is kept without downloading it again; one that does not verify
-    is replaced (only once a new copy has verified). Returns the two zip paths in ``ZIP_NAMES`` order. Raises
-    :class:`DataError` on an unreachable source, a missing ``SHA256SUMS`` entry, a truncated download or a
-    checksum mismatch; no partial file is ever left in ``out_dir``.
+    **Zips already in out_dir.** Verified data does not depend on where it came from. A zip already present is
+    kept, and not downloaded again, if it matches the md5 of the original upstream file (``UPSTREAM_MD5``), the
+    sha256 of the reference rebuild (``REFERENCE_SHA256``: the same images, stored uncompressed), or the
+    checksum the configured source gives for it. The first two are checked without contacting the source, so a
+    finished ``out_dir`` needs no source at all. A present zip that matches none of them is replaced, but only
+    once its new copy has downloaded and verified; a failed download leaves it as it was.
+
+    Returns the two zip paths in ``ZIP_NAMES`` order. Raises :class:`DataError` on an unreachable source, a
+    missing checksum entry, a truncated download or a checksum mismatch; no partial file is ever left in
+    ``out_dir``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if mirror is None:
-        base, algorithm, expected = UPSTREAM_URL, "md5", dict(UPSTREAM_MD5)
-        source = f"upstream {UPSTREAM_URL} (md5 pinned by torchvision)"
-    else:
-        base, algorithm = _mirror_base_url(str(mirror)), "sha256"
-        expected = _fetch_checksums(base, str(mirror))
-        source = f"mirror {mirror!r} ({base}{CHECKSUM_FILE})"
-    # Check every entry before downloading anything.
-    for name in ZIP_NAMES:
-        if name not in expected:
-            raise DataError(
-                f"no checksum for {name} in {source}: expected sha256 unknown, actual not computed "
-                f"(entries present: {sorted(expected)})"
-            )
-    paths: list[Path] = []
-    for name in ZIP_NAMES:
+    targets = [out_dir / name for name in ZIP_NAMES]
+    pending: dict[str, _Digests | None] = {}  # zip name -> digests of the present file, None if absent
+    for target in targets:
+        digests = _Digests(target) if target.is_file() else None
+        reference = _known_good(digests, target.name) if digests is not None else None
+        if reference is not None:
+            log.info("%s already present and verified (%s)", target, reference)
+        else:
+            pending[target.name] = digests
+    if not pending:
+        return targets
+
+    source = _configured_source(mirror)
+    for name, digests in pending.items():
         target = out_dir / name
-        if target.is_file():
-            actual = hash_file(target, algorithm)
-            if actual == expected[name]:
-                log.info("%s already present and verified (%s %s)", target, algorithm, actual)
-                paths.append(target)
+        expected = source.expected[name]
+        if digests is not None:
+            actual = digests[source.algorithm]
+            if actual == expected:
+                log.info(
+                    "%s already present and verified (%s %s from %s)",
+                    target,
+                    source.algorithm,
+                    actual,
+                    source.description,
+                )
                 continue
             log.warning(
-                "%s exists but its %s is %s, expected %s: downloading it again",
+                "%s exists but matches no known checksum (%s %s, expected %s from %s): downloading it again",
                 target,
-                algorithm,
+                source.algorithm,
                 actual,
-                expected[name],
+                expected,
+                source.description,
             )
         t0 = time.perf_counter()
-        _download_verified(base + name, target, algorithm, expected[name])
+        _download_verified(source.base + name, target, source.algorithm, expected)
         log.info(
-            "downloaded %s from %s in %.1f s (%s verified)", target, base + name, time.perf_counter() - t0, algorithm
+            "downloaded %s from %s in %.1f s (%s verified)",
+            target,
+            source.base + name,
+            time.perf_counter() - t0,
+            source.algorithm,
         )
-        paths.append(target)
-    return paths
+    return targets
+
+
+def make_mirror(zips_dir: Path, mirror_dir: Path) -> Path:
+    """Make ``mirror_dir`` a mirror for :func:`download_omniglot` from the two zips in ``zips_dir``.
+
+    Each zip must be a readable Omniglot zip (``top/Alphabet/characterNN/*.png`` entries). The zips are copied
+    into ``mirror_dir`` (unless it is ``zips_dir`` itself) and ``mirror_dir/SHA256SUMS`` is written in
+    ``sha256sum`` format (``<hex>  <name>`` per line), all atomically. The checksums record the files as
+    they are: they are not compared with ``UPSTREAM_MD5`` or ``REFERENCE_SHA256``, so a mirror can also hold
+    a private copy. Equivalent to copying the zips and running ``sha256sum images_*.zip > SHA256SUMS`` there.
+    Returns the path of ``SHA256SUMS``.
+    """
+    zips_dir, mirror_dir = Path(zips_dir), Path(mirror_dir)
+    for name in ZIP_NAMES:
+        zip_path = zips_dir / name
+        with _open_zip(zip_path) as zf:
+            try:
+                _index_zip(zip_path, zf)
+            except _ZIP_ERRORS as exc:
+                raise DataError(f"{zip_path}: cannot list entries: {type(exc).__name__}: {exc}") from exc
+    mirror_dir.mkdir(parents=True, exist_ok=True)
+    same_dir = mirror_dir.resolve() == zips_dir.resolve()
+    lines = []
+    for name in ZIP_NAMES:
+        target = mirror_dir / name
+        if not same_dir:
+            with atomic_path(target) as tmp:
+                shutil.copyfile(zips_dir / name, tmp)
+        lines.append(f"{hash_file(target, 'sha256')}  {name}\n")
+    sums_path = mirror_dir / CHECKSUM_FILE
+    atomic_write_text(sums_path, "".join(lines))
+    log.info("wrote %s for %s", sums_path, ", ".join(ZIP_NAMES))
+    return sums_path
 
 
 # ----------------------------------------------------------------------------------------------------

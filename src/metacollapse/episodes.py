@@ -111,3 +111,22 @@ def split_to_device(array: np.ndarray, device: torch.device | str) -> torch.Tens
     if array.dtype != np.uint8 or array.ndim != 4:
         raise ValueError(f"expected a uint8 array [classes, images, H, W], got {array.dtype} {array.shape}")
     return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+
+
+def sample_batch_indices(
+    class_ids: torch.Tensor, images_per_class: int, batch_size: int, batches: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mini-batches of labelled images for non-episodic learners: ``(classes, images)``, each ``[batches, B]``.
+
+    Every image of the classes in ``class_ids`` is equally likely; draws are with replacement across batches and
+    within a batch (a batch of 256 from ~77,000 images rarely repeats one).
+    """
+    device = generator.device
+    pool = class_ids.numel() * images_per_class
+    flat = torch.randint(pool, (batches, batch_size), generator=generator, device=device)
+    return class_ids.to(device)[flat // images_per_class], flat % images_per_class
+
+
+def gather_batch(split: torch.Tensor, classes: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Images ``[B, 1, H, W]`` float on the split's device for one mini-batch of (class, image) indices."""
+    return split[classes.to(split.device), images.to(split.device)].to(torch.float32).unsqueeze(1)

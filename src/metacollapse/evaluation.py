@@ -1,14 +1,17 @@
-"""Few-shot accuracy of a trained backbone on novel classes (the `test` split).
+"""Few-shot accuracy on novel classes: the evaluation stage, and the scoring loop validation shares with it.
 
-For each (n_way, n_shot) setting, a fixed set of episodes is drawn from its own seed on the CPU, so every backbone
-and every device is scored on the same episodes. The 95% confidence interval is the normal one over episodes:
+For each (n_way, n_shot) setting, a fixed set of episodes is drawn from its own seed on the CPU, so every run and
+every device is scored on the same episodes. Each learner classifies by its own few-shot rule
+(:meth:`metacollapse.learners.Learner.fewshot`). The 95% confidence interval is the normal one over episodes,
 1.96 * std(ddof=1) / sqrt(episodes), as in the original Prototypical Networks evaluation.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,69 +20,91 @@ import torch
 
 from metacollapse.atomic import atomic_path
 from metacollapse.episodes import EpisodeIndices, EpisodeSpec, check_spec, fixed_episode_indices, gather_episode
-from metacollapse.protonet import bf16_autocast, embed_episode, episode_loss
+from metacollapse.runs import RUN_COLUMNS, run_columns
 
-EVAL_COLUMNS = ["backbone", "n_way", "n_shot", "n_query", "episodes", "accuracy", "ci95"]
+log = logging.getLogger(__name__)
+
+EVAL_COLUMNS = (*RUN_COLUMNS, "n_way", "n_shot", "n_query", "episodes", "accuracy", "ci95")
+LOG_PROGRESS_EVERY = 30.0
 
 
 @torch.no_grad()
 def score_episodes(
-    model: torch.nn.Module, split: torch.Tensor, spec: EpisodeSpec, indices: EpisodeIndices, bf16: bool = False
+    learner: torch.nn.Module, split: torch.Tensor, spec: EpisodeSpec, indices: EpisodeIndices, what: str = ""
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-episode loss and accuracy of ``model`` in eval mode over fixed episodes.
+    """Per-episode loss and accuracy of ``learner`` in eval mode over fixed episodes (float32, on the device).
 
-    Both are float32 tensors on the split's device; nothing is copied to the host inside the loop.
+    Nothing is copied to the host inside the loop, except for a progress line every LOG_PROGRESS_EVERY seconds.
     """
-    model.eval()
+    learner.eval()
     losses = torch.empty(len(indices), device=split.device)
     accuracies = torch.empty(len(indices), device=split.device)
+    shown = time.monotonic()
     for episode in range(len(indices)):
         support, query = gather_episode(split, indices[episode], spec)
-        with bf16_autocast(split.device, bf16):
-            s, q = embed_episode(model, support, query)
-        losses[episode], accuracies[episode] = episode_loss(s.float(), q.float(), spec.n_way)
+        losses[episode], accuracies[episode] = learner.fewshot(support, query, spec.n_way)
+        if what and time.monotonic() - shown >= LOG_PROGRESS_EVERY:
+            log.info(
+                "%s: %d/%d episodes, accuracy so far %.4f",
+                what,
+                episode + 1,
+                len(indices),
+                float(accuracies[: episode + 1].mean()),
+            )
+            shown = time.monotonic()
     return losses, accuracies
 
 
-def fewshot_accuracy(
-    model: torch.nn.Module, split: torch.Tensor, spec: EpisodeSpec, episodes: int, seed: int
-) -> tuple[float, float]:
-    """Mean accuracy over ``episodes`` fixed episodes and the half-width of its 95% confidence interval."""
-    check_spec(spec, split.shape[0], split.shape[1], "evaluation")
-    indices = fixed_episode_indices(split.shape[0], split.shape[1], spec, episodes, seed)
-    accuracies = score_episodes(model, split, spec, indices)[1].double().cpu()
-    std = float(accuracies.std(unbiased=True)) if episodes > 1 else math.nan
-    return float(accuracies.mean()), 1.96 * std / math.sqrt(episodes)
-
-
 def evaluate(
-    model: torch.nn.Module,
-    split: torch.Tensor,
-    settings: Sequence[Mapping[str, int]],
-    n_query: int,
-    episodes: int,
-    seed: int,
-    backbone: str,
+    learner: torch.nn.Module, split: torch.Tensor, params: Mapping[str, Any], spec: Mapping[str, Any]
 ) -> pd.DataFrame:
-    """One row per setting ``{"n_way", "n_shot"}``; each setting has its own episode seed (``seed + i``)."""
+    """One row per setting of ``params`` (the config's ``evaluate`` section); setting i uses seed ``seed + i``."""
     rows: list[dict[str, Any]] = []
-    for i, setting in enumerate(settings):
-        spec = EpisodeSpec(int(setting["n_way"]), int(setting["n_shot"]), n_query)
-        accuracy, ci95 = fewshot_accuracy(model, split, spec, episodes, seed + i)
-        rows.append(
-            {
-                "backbone": backbone,
-                "n_way": spec.n_way,
-                "n_shot": spec.n_support,
-                "n_query": n_query,
-                "episodes": episodes,
-                "accuracy": accuracy,
-                "ci95": ci95,
-            }
-        )
-    return pd.DataFrame(rows, columns=EVAL_COLUMNS)
+    n_query, episodes = int(params["n_query"]), int(params["episodes"])
+    for i, setting in enumerate(params["settings"]):
+        episode = EpisodeSpec(int(setting["n_way"]), int(setting["n_shot"]), n_query)
+        what = f"run {spec['name']}: {episode.n_way}-way {episode.n_support}-shot"
+        check_spec(episode, split.shape[0], split.shape[1], what)
+        indices = fixed_episode_indices(split.shape[0], split.shape[1], episode, episodes, int(params["seed"]) + i)
+        accuracies = score_episodes(learner, split, episode, indices, what)[1].double().cpu()
+        std = float(accuracies.std(unbiased=True)) if episodes > 1 else math.nan
+        row = {
+            **run_columns(spec),
+            "n_way": episode.n_way,
+            "n_shot": episode.n_support,
+            "n_query": n_query,
+            "episodes": episodes,
+            "accuracy": float(accuracies.mean()),
+            "ci95": 1.96 * std / math.sqrt(episodes),
+        }
+        log.info("%s: accuracy %.4f ± %.4f", what, row["accuracy"], row["ci95"])
+        rows.append(row)
+    return pd.DataFrame(rows, columns=list(EVAL_COLUMNS))
 
 
-def write_csv(frame: pd.DataFrame, out: Path) -> None:
+def evaluate_run(
+    spec: Mapping[str, Any],
+    checkpoint: Path,
+    data_dir: Path,
+    out: Path,
+    params: Mapping[str, Any],
+    device: str = "auto",
+    precision: str = "auto",
+    threads: int | None = None,
+) -> pd.DataFrame:
+    """The evaluation stage: few-shot accuracy of run ``spec``'s final checkpoint, written to ``out``."""
+    from metacollapse.checkpoints import load_learner
+    from metacollapse.data import load_split
+    from metacollapse.device import configure, prepare_model, resolve_device, resolve_precision
+    from metacollapse.episodes import split_to_device
+
+    configure(threads)
+    dev = resolve_device(device)
+    learner, _ = load_learner(checkpoint, spec, dev, epoch=int(spec["train"]["epochs"]))
+    learner.precision = resolve_precision(precision, dev)
+    learner = prepare_model(learner, dev, learner.precision)
+    split = split_to_device(load_split(Path(data_dir), params["split"])[0], dev)
+    frame = evaluate(learner, split, params, spec)
     with atomic_path(out) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.9g")
+    return frame

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+import logging
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,10 @@ import torch
 
 from metacollapse.atomic import atomic_path, read_npz
 from metacollapse.episodes import EpisodeIndices, EpisodeSpec, check_spec, fixed_episode_indices
+from metacollapse.learners import Learner
+from metacollapse.runs import run_columns
+
+log = logging.getLogger(__name__)
 
 SUPPORT, QUERY = 0, 1
 
@@ -35,33 +41,54 @@ def probe_seed_for(seed: int, name: str) -> int:
     return int.from_bytes(digest[:8], "little") >> 1  # 63 bits: torch.Generator.manual_seed takes any int64
 
 
+def probe_bn_mode(probe: Mapping[str, Any]) -> str:
+    """A probe's batch-norm mode: as configured, else the authors' choice: episodes of the training splits in
+    train mode (batch statistics of the episode, as the network saw it in training), everything else in eval
+    mode (running statistics)."""
+    if "bn_mode" in probe:
+        return str(probe["bn_mode"])
+    return "train" if probe["kind"] == "episodic" and probe["split"] in ("train", "trainval") else "eval"
+
+
 def make_probes(probes: Mapping[str, Mapping[str, Any]], seed: int, data_dir: Path, out: Path) -> None:
-    """Draw every probe set's image indices (CPU generator, seeded per probe by :func:`probe_seed_for`) and save
-    them to ``out``."""
+    """Draw every probe set's image indices (CPU generator, seeded per probe by :func:`probe_seed_for`, or by
+    the probe's own ``seed``) and save them, with the resolved spec (batch-norm modes included), to ``out``."""
     from metacollapse.data import load_split
 
     arrays: dict[str, np.ndarray] = {}
+    resolved: dict[str, dict[str, Any]] = {}
     for name, probe in probes.items():
-        probe_seed = probe_seed_for(seed, name)
+        probe_seed = int(probe["seed"]) if "seed" in probe else probe_seed_for(seed, name)
         split, _ = load_split(Path(data_dir), probe["split"])
         num_classes, per_class = split.shape[:2]
+        what = f"probe {name!r} on split {probe['split']!r}"
         if probe["kind"] == "episodic":
             spec = EpisodeSpec(int(probe["n_way"]), int(probe["n_support"]), int(probe["n_query"]))
+            check_spec(spec, num_classes, per_class, what)
             indices = fixed_episode_indices(num_classes, per_class, spec, int(probe["episodes"]), probe_seed)
             classes, images = indices.classes.numpy(), indices.images.numpy()
         elif probe["kind"] == "classes":
-            count = int(probe["classes"])
+            count, n_support = int(probe["classes"]), int(probe["n_support"])
             if not 2 <= count <= num_classes:
-                raise ValueError(f"probe {name!r}: classes={count}, but split {probe['split']!r} has {num_classes}")
+                raise ValueError(f"{what}: classes={count}, expected 2 to {num_classes} (the split's classes)")
+            if not 1 <= n_support < per_class:
+                raise ValueError(
+                    f"{what}: n_support={n_support}, expected 1 to {per_class - 1} (classes have {per_class} "
+                    "images, and the rest are the probe's queries)"
+                )
             generator = torch.Generator().manual_seed(probe_seed)
             chosen = torch.randperm(num_classes, generator=generator)[:count].sort().values
             classes = chosen.numpy()[None, :]
             images = np.broadcast_to(np.arange(per_class), (1, count, per_class)).copy()
         else:
             raise ValueError(f"probe {name!r}: kind {probe['kind']!r}, expected 'episodic' or 'classes'")
+        mode = probe_bn_mode(probe)
+        if mode not in ("train", "eval"):
+            raise ValueError(f"{what}: bn_mode {mode!r}, expected 'train' or 'eval'")
+        resolved[name] = {**probe, "bn_mode": mode}
         arrays[f"{name}/classes"] = classes.astype(np.int64)
         arrays[f"{name}/images"] = images.astype(np.int64)
-    arrays["spec"] = np.array(json.dumps({"seed": seed, "probes": probes}, sort_keys=True))
+    arrays["spec"] = np.array(json.dumps({"seed": seed, "probes": resolved}, sort_keys=True))
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
 
@@ -87,75 +114,109 @@ def load_probes(path: Path) -> tuple[dict[str, Any], dict[str, EpisodeIndices]]:
 
 
 @torch.no_grad()
-def _embed(model: torch.nn.Module, images: torch.Tensor, batch: int) -> np.ndarray:
-    out = [model(images[i : i + batch].to(torch.float32).unsqueeze(1)) for i in range(0, images.shape[0], batch)]
-    return torch.cat(out).float().cpu().numpy()
+def _embed(learner: Learner, images: torch.Tensor, batch: int) -> np.ndarray:
+    chunks = [learner.embed(images[i : i + batch].to(torch.float32).unsqueeze(1)) for i in range(0, len(images), batch)]
+    return torch.cat(chunks).cpu().numpy()
 
 
 def dump_features(
-    checkpoint: Path,
-    probes_path: Path,
-    data_dir: Path,
+    learner: Learner,
+    spec: Mapping[str, Any],
+    epoch: int,
+    probes: Mapping[str, Any],
+    probe_indices: Mapping[str, EpisodeIndices],
+    splits: Mapping[str, torch.Tensor],
     out: Path,
-    backbone: str,
-    device: str = "auto",
-    bn_mode: str = "eval",
     batch_size: int = 1024,
 ) -> None:
-    """Embed every probe image with the model of ``checkpoint`` and write the dump atomically.
+    """Embed every probe image with ``learner`` and write one feature dump (docs/CONTRACTS.md) atomically.
 
-    ``bn_mode="eval"`` uses batch norm's running statistics (the model as deployed). ``"train"`` normalises with
-    batch statistics, as the paper's in-training measurement did: then each episode (support + query) or each
-    class probe is one batch, matching how the network saw data in training. Running statistics are not saved.
+    Each probe is embedded in its own batch-norm mode. ``eval``: running statistics (the model as deployed), any
+    batching gives the same features. ``train``: batch statistics, with one episode (support + query) or one
+    class probe as one batch, as the network saw data in training; the running statistics this updates are
+    restored afterwards, so the next probe sees the checkpoint's.
     """
-    from metacollapse.data import load_split
-    from metacollapse.training import load_model, resolve_device
-
-    if bn_mode not in ("eval", "train"):
-        raise ValueError(f"bn_mode must be 'eval' or 'train', got {bn_mode!r}")
-    dev = resolve_device(device)
-    model, ckpt = load_model(Path(checkpoint), dev)
-    model.train(bn_mode == "train")
-    spec, probe_indices = load_probes(Path(probes_path))
-    splits: dict[str, torch.Tensor] = {}
-
     feats, labels, probe_ids, episodes, roles = [], [], [], [], []
-    names, kinds = list(spec["probes"]), []
+    names = list(probes)
     for probe_id, name in enumerate(names):
-        probe = spec["probes"][name]
-        kinds.append(probe["kind"])
-        if probe["split"] not in splits:
-            splits[probe["split"]] = torch.from_numpy(load_split(Path(data_dir), probe["split"])[0]).to(dev)
-        split = splits[probe["split"]]
-        indices = probe_indices[name]
-        n_support = int(probe["n_support"])
-        if probe["kind"] == "episodic":
-            check_spec(EpisodeSpec(probe["n_way"], n_support, probe["n_query"]), *split.shape[:2], name)
+        probe = probes[name]
+        train_mode = probe["bn_mode"] == "train"
+        saved = {k: v.clone() for k, v in learner.state_dict().items()} if train_mode else None
+        learner.train(train_mode)
+        split, indices, n_support = splits[probe["split"]], probe_indices[name], int(probe["n_support"])
         for episode in range(len(indices)):
-            classes = indices.classes[episode].to(dev)
-            images = indices.images[episode].to(dev)
-            batch = split[classes[:, None], images]  # [n_way, shots, H, W]
+            classes = indices.classes[episode].to(split.device)
+            batch = split[classes[:, None], indices.images[episode].to(split.device)]  # [n_way, shots, H, W]
             n_way, shots = batch.shape[:2]
             flat = batch.reshape(n_way * shots, *batch.shape[2:])
-            # Eval mode: any batching gives the same features. Train mode: one episode or probe is one batch.
-            size = batch_size if bn_mode == "eval" else flat.shape[0]
-            feats.append(_embed(model, flat, size))
+            feats.append(_embed(learner, flat, flat.shape[0] if train_mode else batch_size))
             labels.append(np.repeat(classes.cpu().numpy(), shots))
-            role = np.where(np.arange(shots) < n_support, SUPPORT, QUERY).astype(np.int8)
-            roles.append(np.tile(role, n_way))
+            roles.append(np.tile(np.where(np.arange(shots) < n_support, SUPPORT, QUERY).astype(np.int8), n_way))
             probe_ids.append(np.full(n_way * shots, probe_id, dtype=np.int64))
             episodes.append(np.full(n_way * shots, episode, dtype=np.int64))
-
+        if saved is not None:
+            learner.load_state_dict(saved)
+    arrays = {
+        "features": np.concatenate(feats).astype(np.float32),
+        "labels": np.concatenate(labels).astype(np.int64),
+        "probe": np.concatenate(probe_ids),
+        "probe_names": np.array(names),
+        "probe_kinds": np.array([probes[n]["kind"] for n in names]),
+        "probe_bn_modes": np.array([probes[n]["bn_mode"] for n in names]),
+        "probe_splits": np.array([probes[n]["split"] for n in names]),
+        "episode": np.concatenate(episodes),
+        "role": np.concatenate(roles),
+        "epoch": np.array(epoch, dtype=np.int64),
+        "meta": np.array(json.dumps(run_columns(spec), sort_keys=True)),
+    }
+    head = learner.classifier()
+    if head is not None:
+        weight, bias, class_ids = head
+        arrays["classifier_weight"] = weight.detach().float().cpu().numpy()
+        arrays["classifier_bias"] = bias.detach().float().cpu().numpy()
+        arrays["classifier_classes"] = class_ids.detach().cpu().numpy().astype(np.int64)
+        arrays["classifier_split"] = np.array(spec["train"]["split"])
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:
-        np.savez(
-            fh,
-            features=np.concatenate(feats).astype(np.float32),
-            labels=np.concatenate(labels).astype(np.int64),
-            probe=np.concatenate(probe_ids),
-            probe_names=np.array(names),
-            probe_kinds=np.array(kinds),
-            episode=np.concatenate(episodes),
-            role=np.concatenate(roles),
-            epoch=np.array(int(ckpt["epoch"]), dtype=np.int64),
-            backbone=np.array(backbone),
+        np.savez(fh, **arrays)
+
+
+def features_stage(
+    spec: Mapping[str, Any],
+    checkpoints: Sequence[Path],
+    probes_path: Path,
+    data_dir: Path,
+    outs: Sequence[Path],
+    device: str = "auto",
+    precision: str = "auto",
+    threads: int | None = None,
+) -> None:
+    """The features stage: one run's feature dump for every listed epoch, in one process (splits loaded once)."""
+    from metacollapse.checkpoints import load_learner
+    from metacollapse.data import load_split
+    from metacollapse.device import configure, prepare_model, resolve_device, resolve_precision
+
+    if len(checkpoints) != len(outs):
+        raise ValueError(f"{len(checkpoints)} checkpoints but {len(outs)} output paths")
+    configure(threads)
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    probe_spec, indices = load_probes(Path(probes_path))
+    probes = probe_spec["probes"]
+    splits = {
+        split: torch.from_numpy(load_split(Path(data_dir), split)[0]).to(dev)
+        for split in sorted({p["split"] for p in probes.values()})
+    }
+    began = time.perf_counter()
+    for i, (checkpoint, out) in enumerate(zip(checkpoints, outs, strict=True)):
+        learner, ckpt = load_learner(Path(checkpoint), spec, dev)
+        learner.precision = prec
+        dump_features(prepare_model(learner, dev, prec), spec, int(ckpt["epoch"]), probes, indices, splits, Path(out))
+        log.info(
+            "run %s: features of epoch %d -> %s (%d/%d, %.1fs)",
+            spec["name"],
+            ckpt["epoch"],
+            out,
+            i + 1,
+            len(outs),
+            time.perf_counter() - began,
         )

@@ -48,8 +48,3 @@ def embed_episode(model: nn.Module, support: torch.Tensor, query: torch.Tensor) 
     """Embed support and query images in one forward pass; returns the two embedding blocks."""
     embeddings = model(torch.cat([support, query], dim=0))
     return embeddings[: support.shape[0]], embeddings[support.shape[0] :]
-
-
-def bf16_autocast(device: torch.device, enabled: bool) -> torch.autocast:
-    """bf16 autocast for embedding, only on CUDA where it pays off; on CPU runs stay float32 (bitwise)."""
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")

@@ -1,20 +1,16 @@
-"""Episodic ProtoNet training with per-epoch checkpoints and exact resume.
+"""The training stage: one run's learner, trained for the configured epochs, with exact resume.
 
-Owns the training loop, the checkpoint format and the resume logic. One call of ``train`` trains one backbone
-for the configured number of epochs and leaves:
+Leaves ``<out_dir>/checkpoints/epoch_NNN.pt`` for epochs 0 (the untrained network) to ``epochs`` (weights only,
+:mod:`metacollapse.checkpoints`) and ``<out_dir>/train_log.csv``.
 
-- ``<out_dir>/checkpoints/epoch_NNN.pt`` for every epoch (model, optimizer, scheduler, RNG states, the
-  parameters that made it, the log so far), and
-- ``<out_dir>/train_log.csv``.
-
-Resume. Snakemake deletes a job's declared outputs before it runs the job, so the declared checkpoints cannot be
-what a restarted job resumes from. Every epoch is therefore first committed (atomically) to the undeclared work
-folder ``<out_dir>/train_state/``; only when all epochs exist are they hard-linked into ``checkpoints/`` (no
-extra disk) and the log written. A job killed at any point restarts from the last complete epoch in
-``train_state/``, provided that state was made by the same parameters and the same data (a fingerprint in every
-checkpoint); otherwise the stale state is discarded. All randomness (model init, episode sampling) comes from
-generators whose states are saved at the end of every epoch, so a resumed run ends with the same weights and the
-same log (bitwise on CPU; timing columns excepted) as an uninterrupted one.
+Resume. Snakemake deletes a job's declared outputs before it reruns the job, so they cannot be what a restarted
+job resumes from. While it trains, the stage keeps everything in the undeclared folder ``<out_dir>/train_state/``:
+each epoch's weights, and one rolling ``resume.pt`` with what only resuming needs (optimizer, scheduler, RNG
+states, the log so far). When all epochs exist they are published (linked into ``checkpoints/``, then the
+state folder is removed, so no file is shared with it afterwards). A job killed at any point restarts from the
+last epoch in ``resume.pt`` if that state was made by the same run spec, data, device type and precision (a
+fingerprint); otherwise the state is discarded. All randomness comes from generators whose states are saved with
+each epoch, so a resumed run ends bitwise equal to an uninterrupted one on CPU (timing columns excepted).
 """
 
 from __future__ import annotations
@@ -26,374 +22,295 @@ import os
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
-from tqdm import tqdm
 
-from metacollapse import __version__
 from metacollapse.atomic import atomic_path, remove_temp_files, sha256_file
+from metacollapse.checkpoints import build_run_learner, checkpoint_name, read_checkpoint, save_weights
+from metacollapse.data import load_split
+from metacollapse.device import configure, prepare_model, resolve_device, resolve_precision
 from metacollapse.episodes import (
     EpisodeSpec,
     check_spec,
     fixed_episode_indices,
+    gather_batch,
     gather_episode,
+    sample_batch_indices,
     sample_episode_indices,
     split_to_device,
 )
 from metacollapse.evaluation import score_episodes
-from metacollapse.models import build_backbone
-from metacollapse.protonet import bf16_autocast, embed_episode, episode_loss
+from metacollapse.models import embedding_dim
+from metacollapse.runs import RUN_COLUMNS, run_columns
+from metacollapse.runs import check_spec as check_run_spec
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "metacollapse-checkpoint"
-CHECKPOINT_VERSION = 1
-LOG_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "episodes_per_s"]
-TIMING_COLUMNS = ["seconds", "episodes_per_s"]
-#: Seconds between progress lines in the log when no progress bar is shown (stderr is not a terminal).
+RESUME_FORMAT = "metacollapse-resume"
+LOG_COLUMNS = (
+    *RUN_COLUMNS,
+    "precision",
+    "n_params",
+    "dim",
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "seconds",
+    "episodes_per_s",
+)
+TIMING_COLUMNS = ("seconds", "episodes_per_s")
+#: Seconds between progress lines in a job's log.
 LOG_PROGRESS_EVERY = 30.0
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint file that cannot be used: unreadable, foreign, or from another run."""
+def episode_spec(section: Mapping[str, Any]) -> EpisodeSpec:
+    return EpisodeSpec(int(section["n_way"]), int(section["n_support"]), int(section["n_query"]))
 
 
-@dataclass(frozen=True)
-class TrainParams:
-    """Everything that determines a training run's numbers (the fingerprint is taken over ``as_dict``)."""
+def run_fingerprint(spec: Mapping[str, Any], data_files: list[Path], device_type: str, precision: str) -> str:
+    """Hash of the run spec, device type, precision and the bytes of the data the run trains and validates on.
 
-    backbone: dict[str, Any]
-    seed: int
-    split: str
-    episode: EpisodeSpec
-    episodes_per_epoch: int
-    epochs: int
-    lr: float
-    lr_decay_every: int
-    lr_decay_gamma: float
-    bf16: bool
-    val_split: str
-    val_episode: EpisodeSpec
-    val_episodes: int
-    val_seed: int
-
-    @classmethod
-    def from_dict(cls, params: Mapping[str, Any]) -> TrainParams:
-        """Build from the JSON the ``train`` rule passes: ``{"backbone", "seed", "train", "val"}``."""
-        try:
-            train, val = params["train"], params["val"]
-            return cls(
-                backbone=dict(params["backbone"]),
-                seed=int(params["seed"]),
-                split=str(train["split"]),
-                episode=EpisodeSpec(int(train["n_way"]), int(train["n_support"]), int(train["n_query"])),
-                episodes_per_epoch=int(train["episodes_per_epoch"]),
-                epochs=int(train["epochs"]),
-                lr=float(train["lr"]),
-                lr_decay_every=int(train["lr_decay_every"]),
-                lr_decay_gamma=float(train["lr_decay_gamma"]),
-                bf16=bool(train.get("bf16", False)),
-                val_split=str(val["split"]),
-                val_episode=EpisodeSpec(int(val["n_way"]), int(val["n_support"]), int(val["n_query"])),
-                val_episodes=int(val["episodes"]),
-                val_seed=int(val["seed"]),
-            )
-        except KeyError as error:
-            raise ValueError(f"training parameters lack the key {error}; got {sorted(params)}") from error
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "backbone": self.backbone,
-            "seed": self.seed,
-            "train": {
-                "split": self.split,
-                "n_way": self.episode.n_way,
-                "n_support": self.episode.n_support,
-                "n_query": self.episode.n_query,
-                "episodes_per_epoch": self.episodes_per_epoch,
-                "epochs": self.epochs,
-                "lr": self.lr,
-                "lr_decay_every": self.lr_decay_every,
-                "lr_decay_gamma": self.lr_decay_gamma,
-                "bf16": self.bf16,
-            },
-            "val": {
-                "split": self.val_split,
-                "n_way": self.val_episode.n_way,
-                "n_support": self.val_episode.n_support,
-                "n_query": self.val_episode.n_query,
-                "episodes": self.val_episodes,
-                "seed": self.val_seed,
-            },
-        }
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when available; asking for ``cuda`` without one is an error, not a silent CPU run."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} was requested but torch sees no CUDA device")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda[:N], got {device!r}")
-    return torch.device(device)
-
-
-def checkpoint_name(epoch: int) -> str:
-    return f"epoch_{epoch:03d}.pt"
-
-
-def run_fingerprint(params: TrainParams, data_files: list[Path], device_type: str) -> str:
-    """Hash of the parameters, the device type and the bytes of the data a run trains and validates on.
-
-    The device type is part of it because RNG states (the episode generator lives on the device) do not carry
-    over between CPU and CUDA: state made on one is discarded, not resumed, on the other.
+    The device type is in it because RNG states (the episode generator lives on the device) do not carry over
+    between CPU and CUDA; the precision because bf16 and fp32 runs are different numbers.
     """
-    digest = hashlib.sha256(json.dumps(params.as_dict(), sort_keys=True).encode())
-    digest.update(device_type.encode())
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
+    digest.update(f"{device_type}/{precision}".encode())
     for path in data_files:
         digest.update(sha256_file(path).encode())
     return digest.hexdigest()
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load and validate a checkpoint; any failure is a ``CheckpointError`` naming the file."""
-    path = Path(path)
+def _load_resume(state_dir: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The rolling state of this run, or None (absent, foreign or incomplete state is discarded)."""
+    path = state_dir / "resume.pt"
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file does not exist")
+        return None
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a damaged file; the caller needs one
-        raise CheckpointError(
-            f"{path}: not a readable torch checkpoint ({type(error).__name__}: {str(error)[:200]})"
-        ) from error
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise CheckpointError(
-            f"{path}: not a metacollapse checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})"
-        )
-    if checkpoint.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint version {checkpoint.get('version')!r}, expected {CHECKPOINT_VERSION}"
-        )
-    missing = {"epoch", "params", "model", "optimizer", "scheduler", "rng", "log", "fingerprint"} - set(checkpoint)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a damaged state is not worth keeping: the run restarts
+        log.warning("%s is unreadable (%s): starting afresh", path, error)
+        state = None
+    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT or state.get("fingerprint") != fingerprint:
+        log.warning("%s holds state of another run spec, data, device or precision: starting afresh", state_dir)
+        return None
+    missing = [e for e in range(state["epoch"] + 1) if not (state_dir / checkpoint_name(e)).is_file()]
     if missing:
-        raise CheckpointError(f"{path}: checkpoint lacks {sorted(missing)}")
-    return checkpoint
-
-
-def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The backbone stored in a checkpoint, on ``device``, plus the checkpoint dict."""
-    checkpoint = load_checkpoint(path)
-    backbone = checkpoint["params"].get("backbone") if isinstance(checkpoint["params"], dict) else None
-    if not isinstance(backbone, dict) or "arch" not in backbone:
-        raise CheckpointError(f"{path}: checkpoint params hold no backbone spec with an 'arch' (got {backbone!r})")
-    try:
-        model = build_backbone(backbone)
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{path}: cannot build the backbone {backbone}: {error}") from error
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as error:
-        raise CheckpointError(
-            f"{path}: weights do not fit the backbone {checkpoint['params']['backbone']}: {error}"
-        ) from error
-    return model.to(device), checkpoint
-
-
-def _latest_state(state_dir: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The newest checkpoint of this run in ``state_dir``; a foreign run's state is discarded."""
-    files = sorted(state_dir.glob("epoch_[0-9][0-9][0-9].pt"))
-    if not files:
+        log.warning("%s lacks the weights of epochs %s: starting afresh", state_dir, missing)
         return None
-    checkpoint = load_checkpoint(files[-1])
-    if checkpoint["fingerprint"] != fingerprint:
-        log.warning("%s holds state of other parameters or data: discarding it and starting afresh", state_dir)
-        shutil.rmtree(state_dir)
-        return None
-    expected = [checkpoint_name(e) for e in range(1, checkpoint["epoch"] + 1)]
-    if [f.name for f in files] != expected:
-        raise CheckpointError(f"{state_dir}: epochs missing in the resume state; found {[f.name for f in files]}")
-    return checkpoint
+    return state
 
 
 def _rng_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
-    state = {"episodes": generator.get_state(), "torch": torch.get_rng_state()}
+    state = {"sampling": generator.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
+def _progress(began: float, shown: float, done: int, total: int, epoch: int, epochs: int, loss, acc) -> float:
+    """A progress line every LOG_PROGRESS_EVERY seconds (reading the running loss needs a host sync)."""
+    if time.monotonic() - shown < LOG_PROGRESS_EVERY:
+        return shown
+    rate = done / (time.perf_counter() - began)
+    log.info(
+        "epoch %d/%d: %d/%d steps, %.2f steps/s, loss %.4f acc %.4f",
+        epoch,
+        epochs,
+        done,
+        total,
+        rate,
+        loss.item() / done,
+        acc.item() / done,
+    )
+    return time.monotonic()
+
+
 def train(
-    params: TrainParams,
+    spec: Mapping[str, Any],
     data_dir: Path,
     out_dir: Path,
     device: str = "auto",
-    progress: bool | None = None,
+    precision: str = "auto",
+    deterministic: bool = False,
+    threads: int | None = None,
 ) -> pd.DataFrame:
-    """Train (or resume) one backbone; return the training log. See the module docstring for the files."""
-    from metacollapse.data import load_split
-
-    out_dir = Path(out_dir)
+    """Train (or resume) one run; return its training log. See the module docstring for the files."""
+    spec = check_run_spec(spec, "train")
+    configure(threads, deterministic)
+    out_dir, data_dir = Path(out_dir), Path(data_dir)
     dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
     state_dir = out_dir / "train_state"
-    # A job killed inside torch.save leaves its temporary file (~135 MB for ResNet-18 with Adam state); this job
-    # is the only writer of these folders, so what is there now is debris.
+    # A job killed inside torch.save leaves its temporary file behind; this job is the only writer here.
     for folder in (state_dir, out_dir / "checkpoints"):
         for path in remove_temp_files(folder):
             log.info("removed %s, left by a killed run", path)
-    data_files = [Path(data_dir) / f"{params.split}.npy", Path(data_dir) / f"{params.val_split}.npy"]
-    fingerprint = run_fingerprint(params, data_files, dev.type)
+    train_cfg, val_cfg = spec["train"], spec["val"]
+    data_files = [data_dir / f"{train_cfg['split']}.npy", data_dir / f"{val_cfg['split']}.npy"]
+    fingerprint = run_fingerprint(spec, data_files, dev.type, prec)
 
-    train_array, _ = load_split(Path(data_dir), params.split)
-    val_array, _ = load_split(Path(data_dir), params.val_split)
-    check_spec(params.episode, train_array.shape[0], train_array.shape[1], f"train split {params.split!r}")
-    check_spec(params.val_episode, val_array.shape[0], val_array.shape[1], f"val split {params.val_split!r}")
+    train_array, _ = load_split(data_dir, train_cfg["split"])
+    val_array, _ = load_split(data_dir, val_cfg["split"])
+    n_classes, per_class = train_array.shape[:2]
+    val_spec = episode_spec(val_cfg)
+    check_spec(val_spec, *val_array.shape[:2], f"run {spec['name']!r}: val episodes on split {val_cfg['split']!r}")
     train_split = split_to_device(train_array, dev)
     val_split = split_to_device(val_array, dev)
-    val_indices = fixed_episode_indices(
-        val_array.shape[0], val_array.shape[1], params.val_episode, params.val_episodes, params.val_seed
+    val_indices = fixed_episode_indices(*val_array.shape[:2], val_spec, int(val_cfg["episodes"]), int(val_cfg["seed"]))
+
+    torch.manual_seed(int(spec["seed"]))  # model initialisation
+    learner = prepare_model(build_run_learner(spec, n_classes), dev, prec)
+    learner.precision = prec
+    if learner.episodic:
+        train_spec = episode_spec(train_cfg)
+        check_spec(train_spec, n_classes, per_class, f"run {spec['name']!r}: training episodes")
+    class_ids = learner.train_class_ids()
+    class_ids = torch.arange(n_classes) if class_ids is None else class_ids
+    optimizer = torch.optim.Adam(
+        learner.parameters(), lr=float(train_cfg["lr"]), weight_decay=float(train_cfg.get("weight_decay", 0.0))
     )
+    scheduler = torch.optim.lr_scheduler.StepLR(
+        optimizer, int(train_cfg["lr_decay_every"]), gamma=float(train_cfg["lr_decay_gamma"])
+    )
+    generator = torch.Generator(device=dev).manual_seed(int(spec["seed"]))  # episode / batch sampling
+    steps, epochs = int(train_cfg["episodes_per_epoch"]), int(train_cfg["epochs"])
+    meta_batch = int(train_cfg.get("meta_batch", 1))
+    columns = {
+        **run_columns(spec),
+        "precision": prec,
+        "n_params": sum(p.numel() for p in learner.backbone.parameters()),
+        "dim": embedding_dim(learner.backbone),
+    }
 
-    torch.manual_seed(params.seed)  # model initialisation
-    model = build_backbone(params.backbone).to(dev)
-    optimizer = torch.optim.Adam(model.parameters(), lr=params.lr)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, params.lr_decay_every, gamma=params.lr_decay_gamma)
-    generator = torch.Generator(device=dev).manual_seed(params.seed)  # episode sampling
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    def validate() -> tuple[float, float]:
+        losses, accuracies = score_episodes(learner, val_split, val_spec, val_indices)
+        return float(losses.mean()), float(accuracies.mean())
 
-    rows: list[dict[str, float]] = []
-    start = 0
-    state = _latest_state(state_dir, fingerprint) if state_dir.exists() else None
-    if state is not None:
-        model.load_state_dict(state["model"])
+    state = _load_resume(state_dir, fingerprint)
+    if state is None:
+        shutil.rmtree(state_dir, ignore_errors=True)
+        state_dir.mkdir(parents=True)
+        val_loss, val_acc = validate()
+        nan = float("nan")
+        rows = [
+            {
+                **columns,
+                "epoch": 0,
+                "train_loss": nan,
+                "train_acc": nan,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "lr": nan,
+                "seconds": nan,
+                "episodes_per_s": nan,
+            }
+        ]
+        save_weights(state_dir / checkpoint_name(0), learner, spec, 0, n_classes, dev)
+        start = 0
+    else:
+        start = int(state["epoch"])
+        learner.load_state_dict(read_checkpoint(state_dir / checkpoint_name(start))["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["rng"]["episodes"])
+        generator.set_state(state["rng"]["sampling"])
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["rng"]["cuda"])
         rows = [dict(row) for row in state["log"]]
-        start = int(state["epoch"])
-        log.info("resuming from %s (epoch %d of %d)", state_dir / checkpoint_name(start), start, params.epochs)
+        log.info("resuming run %s from epoch %d of %d", spec["name"], start, epochs)
 
-    spec = params.episode
-    for epoch in range(start + 1, params.epochs + 1):
+    for epoch in range(start + 1, epochs + 1):
         began = time.perf_counter()
-        model.train()
-        indices = sample_episode_indices(
-            train_array.shape[0], train_array.shape[1], spec, params.episodes_per_epoch, generator
-        )
+        shown = time.monotonic()
+        learner.train()
+        if learner.episodic:
+            indices = sample_episode_indices(n_classes, per_class, train_spec, steps * meta_batch, generator)
+        else:
+            batch_classes, batch_images = sample_batch_indices(
+                class_ids, per_class, int(train_cfg["batch_size"]), steps, generator
+            )
         loss_sum = torch.zeros((), device=dev)
         acc_sum = torch.zeros((), device=dev)
-        bar = tqdm(
-            range(params.episodes_per_epoch),
-            desc=f"epoch {epoch}/{params.epochs}",
-            unit="ep",
-            disable=(not progress) if progress is not None else None,
-            leave=False,
-        )
-        shown = time.monotonic()
-        for episode in bar:
-            support, query = gather_episode(train_split, indices[episode], spec)
-            with bf16_autocast(dev, params.bf16):
-                s, q = embed_episode(model, support, query)
-            loss, accuracy = episode_loss(s.float(), q.float(), spec.n_way)
+        for step in range(steps):
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if learner.episodic:
+                for task in range(meta_batch):  # gradients of the meta-batch's tasks are averaged
+                    episode = indices[step * meta_batch + task]
+                    support, query = gather_episode(train_split, episode, train_spec)
+                    loss, accuracy = learner.episode_loss(support, query, train_spec.n_way, episode.classes[0])
+                    (loss / meta_batch).backward()
+                    loss_sum += loss.detach() / meta_batch
+                    acc_sum += accuracy / meta_batch
+            else:
+                images = gather_batch(train_split, batch_classes[step], batch_images[step])
+                loss, accuracy = learner.batch_loss(images, batch_classes[step])
+                loss.backward()
+                loss_sum += loss.detach()
+                acc_sum += accuracy
             optimizer.step()
-            loss_sum += loss.detach()
-            acc_sum += accuracy
-            # Running loss and accuracy need a host sync, so they are read only when shown: on the bar (a terminal)
-            # every half second, or as a log line every LOG_PROGRESS_EVERY seconds when there is no terminal (a
-            # Snakemake job's log), which also gives a line per epoch below. --no-progress shows neither.
-            since = time.monotonic() - shown
-            if progress is not False and since >= (0.5 if not bar.disable else LOG_PROGRESS_EVERY):
-                done = episode + 1
-                loss_now, acc_now = loss_sum.item() / done, acc_sum.item() / done
-                if not bar.disable:
-                    bar.set_postfix(loss=f"{loss_now:.3f}", acc=f"{acc_now:.3f}")
-                else:
-                    log.info(
-                        "epoch %d/%d: %d/%d episodes, %.1f episodes/s, loss %.4f acc %.4f",
-                        epoch,
-                        params.epochs,
-                        done,
-                        params.episodes_per_epoch,
-                        done / (time.perf_counter() - began),
-                        loss_now,
-                        acc_now,
-                    )
-                shown = time.monotonic()
-        train_loss = float(loss_sum) / params.episodes_per_epoch
-        train_acc = float(acc_sum) / params.episodes_per_epoch
+            shown = _progress(began, shown, step + 1, steps, epoch, epochs, loss_sum, acc_sum)
         train_seconds = time.perf_counter() - began
-        val_losses, val_accs = score_episodes(model, val_split, params.val_episode, val_indices, params.bf16)
-        val_loss, val_acc = float(val_losses.mean()), float(val_accs.mean())
+        val_loss, val_acc = validate()
         lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
-        scheduler.step()  # once per epoch: halves the rate every `lr_decay_every` epochs
-        row = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "lr": lr,
-            "seconds": time.perf_counter() - began,
-            "episodes_per_s": params.episodes_per_epoch / train_seconds,
-        }
-        rows.append(row)
-        checkpoint = {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
+        scheduler.step()
+        rows.append(
+            {
+                **columns,
+                "epoch": epoch,
+                "train_loss": float(loss_sum) / steps,
+                "train_acc": float(acc_sum) / steps,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "lr": lr,
+                "seconds": time.perf_counter() - began,
+                "episodes_per_s": steps / train_seconds,
+            }
+        )
+        save_weights(state_dir / checkpoint_name(epoch), learner, spec, epoch, n_classes, dev)
+        resume = {
+            "format": RESUME_FORMAT,
             "epoch": epoch,
             "fingerprint": fingerprint,
-            "params": params.as_dict(),
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": _rng_state(generator),
             "log": rows,
-            # Provenance only (not part of the fingerprint): where and with what this epoch was computed.
-            "environment": {"device": str(dev), "torch": str(torch.__version__), "metacollapse": __version__},
         }
-        with atomic_path(state_dir / checkpoint_name(epoch)) as tmp:
-            torch.save(checkpoint, tmp)
+        with atomic_path(state_dir / "resume.pt") as tmp:
+            torch.save(resume, tmp)
+        row = rows[-1]
         log.info(
-            "epoch %3d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.2e  %.1fs  %.1f episodes/s",
+            "run %s epoch %3d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.2e  %.1fs",
+            spec["name"],
             epoch,
-            params.epochs,
-            train_loss,
-            train_acc,
+            epochs,
+            row["train_loss"],
+            row["train_acc"],
             val_loss,
             val_acc,
             lr,
             row["seconds"],
-            row["episodes_per_s"],
         )
+    return publish(state_dir, out_dir, epochs, rows)
 
-    return publish(state_dir, out_dir, params.epochs)
 
+def publish(state_dir: Path, out_dir: Path, epochs: int, rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Expose a finished run: link every epoch's weights into ``checkpoints/``, write the log, drop the state.
 
-def publish(state_dir: Path, out_dir: Path, epochs: int) -> pd.DataFrame:
-    """Expose a finished run: hard-link every epoch into ``checkpoints/`` and write ``train_log.csv``.
-
-    Links cost no disk; where the filesystem refuses them the file is copied. Outputs are touched afterwards so
-    their modification times follow their inputs' (Snakemake compares them).
+    Until the state folder is removed (last), a killed publish is simply redone by the next run of the job.
     """
     checkpoints = out_dir / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
-    # A persisted folder (DVC `persist: true`) may hold epochs of an earlier, longer run: they are not this run's.
-    for stale in checkpoints.glob("epoch_[0-9][0-9][0-9].pt"):
+    for stale in checkpoints.glob("epoch_[0-9][0-9][0-9].pt"):  # epochs of an earlier, longer run
         if int(stale.stem.split("_")[1]) > epochs:
             stale.unlink()
-    last = load_checkpoint(state_dir / checkpoint_name(epochs))
-    for epoch in range(1, epochs + 1):
+    for epoch in range(epochs + 1):
         source, target = state_dir / checkpoint_name(epoch), checkpoints / checkpoint_name(epoch)
         with atomic_path(target, fsync=False) as tmp:
             try:
@@ -401,13 +318,8 @@ def publish(state_dir: Path, out_dir: Path, epochs: int) -> pd.DataFrame:
             except OSError:
                 shutil.copy2(source, tmp)
         os.utime(target)
-    frame = pd.DataFrame(last["log"], columns=LOG_COLUMNS)
+    frame = pd.DataFrame(rows, columns=list(LOG_COLUMNS))
     with atomic_path(out_dir / "train_log.csv") as tmp:
         frame.to_csv(tmp, index=False, float_format="%.9g")
+    shutil.rmtree(state_dir)
     return frame
-
-
-def set_threads(threads: int | None) -> None:
-    """Pin torch's CPU threads (Snakemake's ``threads``); results on CPU are bitwise only for a fixed count."""
-    if threads:
-        torch.set_num_threads(int(threads))

@@ -1,19 +1,13 @@
-# Data stage: fetch and verify the Omniglot zips, then render the Vinyals splits to uint8 arrays.
+# Data: fetch and verify the Omniglot zips, then render the Vinyals splits to uint8 arrays.
 
 
 rule download:
-    # The mirror is a param (Snakemake's lint wants every shell value declared), so pointing an existing
-    # workspace at another mirror re-runs download and what follows; `--touch` marks it all current instead.
     output:
         expand("data/raw/{zip}", zip=RAW_ZIPS),
-    params:
-        mirror=config["omniglot_mirror"],
-    conda:
-        CONDA_ENV
     log:
         "logs/download.log",
     shell:
-        "metacollapse download --out-dir data/raw --mirror {params.mirror:q} > {log:q} 2>&1"
+        "exec metacollapse download --out-dir data/raw > {log:q} 2>&1"
 
 
 rule prepare:
@@ -26,10 +20,9 @@ rule prepare:
         classes=expand("data/processed/{split}_classes.txt", split=SPLITS),
     params:
         splits=SPLITS,
-    conda:
-        CONDA_ENV
+        code=code("prepare"),
     log:
         "logs/prepare.log",
     shell:
-        "metacollapse prepare --raw-dir data/raw --splits-dir data/splits/vinyals --out-dir data/processed"
+        "exec metacollapse prepare --raw-dir data/raw --splits-dir data/splits/vinyals --out-dir data/processed"
         " --splits {params.splits} > {log:q} 2>&1"

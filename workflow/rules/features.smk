@@ -1,4 +1,4 @@
-# Per-epoch feature dumps on fixed probe sets, and their neural-collapse metrics.
+# Feature dumps on fixed probe sets and their neural-collapse tables: one job per run, looping over the epochs.
 
 
 rule probes:
@@ -7,62 +7,44 @@ rule probes:
     output:
         "results/probes.npz",
     params:
-        spec=json.dumps(
-            {"seed": config["features"]["seed"], "probes": config["features"]["probes"]}, sort_keys=True
-        ),
-    conda:
-        CONDA_ENV
+        spec=json.dumps({"seed": config["features"]["seed"], "probes": config["features"]["probes"]}, sort_keys=True),
+        code=code("probes"),
     log:
         "logs/probes.log",
     shell:
-        "metacollapse make-probes --params {params.spec:q} --data-dir data/processed --out {output:q}"
+        "exec metacollapse make-probes --params {params.spec:q} --data-dir data/processed --out {output:q}"
         " > {log:q} 2>&1"
 
 
-rule dump_features:
+rule features:
     input:
-        checkpoint="results/{backbone}/checkpoints/epoch_{epoch}.pt",
+        checkpoints=epoch_files("checkpoints", "pt", FEATURE_EPOCHS),
         probes="results/probes.npz",
         splits=[processed(split) for split in probe_splits()],
     output:
-        "results/{backbone}/features/epoch_{epoch}.npz",
+        epoch_files("features", "npz", FEATURE_EPOCHS),
     params:
-        bn_mode=config["features"]["bn_mode"],
+        spec=spec_json,
         flags=compute_flags(),
+        code=code("features"),
     threads: 2
     resources:
         gpu=1,
-    conda:
-        CONDA_ENV
     log:
-        "logs/dump_features/{backbone}/epoch_{epoch}.log",
+        "logs/features/{run}.log",
     shell:
-        "metacollapse dump-features --backbone {wildcards.backbone} --checkpoint {input.checkpoint:q}"
-        " --probes {input.probes:q} --data-dir data/processed --out {output:q} --bn-mode {params.bn_mode}"
-        " {params.flags} --threads {threads} > {log:q} 2>&1"
+        "exec metacollapse features --spec {params.spec:q} --checkpoints {input.checkpoints:q} --out {output:q}"
+        " --probes {input.probes:q} --data-dir data/processed {params.flags} --threads {threads} > {log:q} 2>&1"
 
 
-rule nc_metrics:
+rule nc:
     input:
-        "results/{backbone}/features/epoch_{epoch}.npz",
+        epoch_files("features", "npz", FEATURE_EPOCHS),
     output:
-        "results/{backbone}/nc/epoch_{epoch}.csv",
-    conda:
-        CONDA_ENV
+        epoch_files("nc", "csv", FEATURE_EPOCHS),
+    params:
+        code=code("nc"),
     log:
-        "logs/nc_metrics/{backbone}/epoch_{epoch}.log",
+        "logs/nc/{run}.log",
     shell:
-        "metacollapse nc --features {input:q} --out {output:q} > {log:q} 2>&1"
-
-
-rule aggregate_nc:
-    input:
-        [f"results/{b}/nc/epoch_{e:03d}.csv" for b in BACKBONES for e in FEATURE_EPOCHS],
-    output:
-        "results/nc_metrics.csv",
-    conda:
-        CONDA_ENV
-    log:
-        "logs/aggregate_nc.log",
-    shell:
-        "metacollapse aggregate-nc --out {output:q} {input:q} > {log:q} 2>&1"
+        "exec metacollapse nc --features {input:q} --out {output:q} > {log:q} 2>&1"

@@ -1,48 +1,47 @@
-# Training and few-shot evaluation, one job per backbone.
+# Training and few-shot evaluation: one job per run.
 
 
 rule train:
     input:
-        train=processed(config["train"]["split"]),
-        val=processed(config["val"]["split"]),
+        train=lambda wc: processed(RUNS[wc.run]["train"]["split"]),
+        val=lambda wc: processed(RUNS[wc.run]["val"]["split"]),
     output:
-        checkpoints=[f"results/{{backbone}}/checkpoints/epoch_{e:03d}.pt" for e in EPOCHS],
-        log="results/{backbone}/train_log.csv",
+        checkpoints=epoch_files("checkpoints", "pt", EPOCHS),
+        log="results/{run}/train_log.csv",
     params:
-        spec=train_params,
+        spec=spec_json,
         flags=compute_flags(),
-    threads: 4
+        deterministic="--deterministic" if config["deterministic"] else "",
+        code=code("train"),
+    threads: 2
     resources:
         gpu=1,
-    conda:
-        CONDA_ENV
     log:
-        "logs/train/{backbone}.log",
+        "logs/train/{run}.log",
     shell:
-        # Resume state lives in results/{wildcards.backbone}/train_state/, which is not a declared output, so
+        # Resume state lives in results/{wildcards.run}/train_state/, which is not a declared output, so
         # Snakemake does not delete it when it reruns a killed job (see metacollapse.training).
-        "metacollapse train --backbone {wildcards.backbone} --params {params.spec:q}"
-        " --data-dir data/processed --out-dir results/{wildcards.backbone}"
-        " {params.flags} --threads {threads} > {log:q} 2>&1"
+        "exec metacollapse train --spec {params.spec:q} --data-dir data/processed --out-dir results/{wildcards.run}"
+        " {params.flags} {params.deterministic} --threads {threads} > {log:q} 2>&1"
 
 
 rule evaluate:
     input:
-        checkpoint=lambda wc: checkpoint(wc.backbone, EPOCHS[-1]),
+        checkpoint=f"results/{{run}}/checkpoints/epoch_{EPOCHS[-1]:03d}.pt",
         split=processed(config["evaluate"]["split"]),
     output:
-        "results/{backbone}/fewshot_accuracy.csv",
+        "results/{run}/fewshot_accuracy.csv",
     params:
-        spec=json.dumps(config["evaluate"], sort_keys=True),
+        spec=spec_json,
+        evaluate=json.dumps(config["evaluate"], sort_keys=True),
         flags=compute_flags(),
-    threads: 4
+        code=code("evaluate"),
+    threads: 2
     resources:
         gpu=1,
-    conda:
-        CONDA_ENV
     log:
-        "logs/evaluate/{backbone}.log",
+        "logs/evaluate/{run}.log",
     shell:
-        "metacollapse evaluate --backbone {wildcards.backbone} --checkpoint {input.checkpoint:q}"
-        " --params {params.spec:q} --data-dir data/processed --out {output:q}"
+        "exec metacollapse evaluate --spec {params.spec:q} --checkpoint {input.checkpoint:q}"
+        " --params {params.evaluate:q} --data-dir data/processed --out {output:q}"
         " {params.flags} --threads {threads} > {log:q} 2>&1"

@@ -1,0 +1,94 @@
+"""Where and in what precision the networks run: device choice, bf16 autocast, threads, determinism.
+
+Training, validation, evaluation and feature embedding all go through :func:`autocast` and :func:`to_input`, so
+one switch (``precision``) decides the arithmetic of every forward pass. Only the backbone's convolutions and
+matrix products run in bf16; losses, distances and everything the NC metrics see are cast back to float32 by the
+caller (and NC itself is float64).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from pathlib import Path
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when available; asking for ``cuda`` without one is an error, not a silent CPU run."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} was requested but torch sees no CUDA device")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda[:N], got {device!r}")
+    return torch.device(device)
+
+
+@functools.cache
+def cpu_has_bf16_matmul() -> bool:
+    """True on x86 CPUs with AMX bf16 tiles (``amx_bf16`` in /proc/cpuinfo), where oneDNN's bf16 kernels are fast.
+
+    AVX-512 bf16 alone converts quickly but multiplies no faster than fp32, so it does not count.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 on CUDA GPUs that support it and on CPUs with bf16 matrix units, fp32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_bf16_matmul() else "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast for the forward pass when ``precision`` (already resolved) is ``bf16``; a no-op otherwise."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def memory_format(precision: str) -> torch.memory_format:
+    """Channels-last is what oneDNN's and cuDNN's bf16 convolutions want; fp32 keeps the default layout."""
+    return torch.channels_last if precision == "bf16" else torch.contiguous_format
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device, precision: str) -> torch.nn.Module:
+    """Move ``model`` to ``device`` in the layout ``precision`` runs fastest in (weights stay float32)."""
+    return model.to(device=device, memory_format=memory_format(precision))
+
+
+def to_input(images: torch.Tensor, precision: str) -> torch.Tensor:
+    """Images ``[n, 1, H, W]`` in the layout of :func:`prepare_model`."""
+    return images.contiguous(memory_format=memory_format(precision))
+
+
+def configure(threads: int | None = None, deterministic: bool = False) -> None:
+    """Pin torch's CPU threads and choose between CUDA autotuning and bitwise-repeatable CUDA kernels.
+
+    On CPU, results are bitwise repeatable for a fixed thread count in either precision. On CUDA they are only
+    with ``deterministic=True``: deterministic algorithms, no cuDNN autotuning, and the cuBLAS workspace setting
+    that deterministic mode requires.
+    """
+    if threads:
+        torch.set_num_threads(int(threads))
+    if deterministic:
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    else:
+        torch.backends.cudnn.benchmark = True

@@ -1,0 +1,81 @@
+"""Before a workflow runs on a CPU: how long would the runs still to train take here?
+
+The workflow's ``onstart`` hands this the runs it has yet to train (``METACOLLAPSE_PLAN``). On a GPU it says
+nothing. On a CPU, when the plan is more than a few minutes of work, it times a few training steps of each
+distinct backbone and episode shape on random images (a ProtoNet step: the learners cost about the same per
+episode, except MAML's inner loop), and prints the estimate with the CPU presets. It never refuses to run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from metacollapse.device import autocast, prepare_model, resolve_device, resolve_precision, to_input
+from metacollapse.models import build_backbone
+from metacollapse.protonet import episode_loss
+
+log = logging.getLogger(__name__)
+
+#: Below this many training steps in total the plan is not timed (a smoke preset).
+QUIET_BELOW_STEPS = 1000
+CPU_PRESETS = "config/quick.yaml (minutes), config/studies/*.yaml (about an hour each)"
+
+
+def seconds_per_step(backbone: Mapping[str, Any], n_way: int, shots: int, precision: str, steps: int = 3) -> float:
+    torch.manual_seed(0)
+    device = torch.device("cpu")
+    model = prepare_model(build_backbone(backbone), device, precision)
+    optimizer = torch.optim.Adam(model.parameters())
+    images = to_input((torch.rand(n_way * shots, 1, 28, 28) < 0.2).float(), precision)
+    n_support = max(1, shots // 2)
+    timings = []
+    for _ in range(steps + 1):  # the first step warms up the kernels
+        began = time.perf_counter()
+        with autocast(device, precision):
+            embedded = model(images).float().reshape(n_way, shots, -1)
+        loss, _ = episode_loss(
+            embedded[:, :n_support].reshape(-1, embedded.shape[-1]),
+            embedded[:, n_support:].reshape(-1, embedded.shape[-1]),
+            n_way,
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        timings.append(time.perf_counter() - began)
+    return sorted(timings[1:])[len(timings[1:]) // 2]
+
+
+def estimate(plan: Mapping[str, Any]) -> str | None:
+    """The warning for ``plan`` (``{"runs": [run spec, ...], "device", "precision"}``); None on a GPU or small plan."""
+    device = resolve_device(plan["device"])
+    if device.type != "cpu" or not plan["runs"]:
+        return None
+    precision = resolve_precision(plan["precision"], device)
+    shapes: dict[str, dict[str, Any]] = {}
+    for spec in plan["runs"]:
+        train = spec["train"]
+        steps = int(train["epochs"]) * int(train["episodes_per_epoch"]) * int(train.get("meta_batch", 1))
+        key = json.dumps([spec["backbone"], train["n_way"], train["n_support"] + train["n_query"]], sort_keys=True)
+        shapes.setdefault(key, {"spec": spec, "steps": 0})["steps"] += steps
+    total_steps = sum(s["steps"] for s in shapes.values())
+    if total_steps < QUIET_BELOW_STEPS:
+        return None
+    seconds, lines = 0.0, []
+    for shape in shapes.values():
+        spec, train = shape["spec"], shape["spec"]["train"]
+        per_step = seconds_per_step(
+            spec["backbone"], int(train["n_way"]), train["n_support"] + train["n_query"], precision
+        )
+        seconds += per_step * shape["steps"]
+        lines.append(f"  {spec['backbone']} {train['n_way']}-way: {1 / per_step:.2f} steps/s x {shape['steps']} steps")
+    return (
+        f"This workflow will train {len(plan['runs'])} run(s) on the CPU ({precision}): {total_steps} steps, about "
+        f"{seconds / 3600:.1f} hours of training measured on this machine just now, before evaluation and "
+        f"feature dumps:\n" + "\n".join(lines) + f"\nOn a CPU, consider the presets {CPU_PRESETS}. Continuing."
+    )

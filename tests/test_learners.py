@@ -1,0 +1,266 @@
+"""Learners: the registry, each method's rule against a hand computation, and that each one learns."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import synthetic_split
+from torch import nn
+
+from metacollapse.episodes import EpisodeSpec, fixed_episode_indices, gather_episode
+from metacollapse.learners import LEARNERS, build_learner, class_subset
+from metacollapse.models import build_backbone, embedding_dim
+from metacollapse.protonet import embed_episode, episode_loss
+
+SPEC = EpisodeSpec(n_way=5, n_support=2, n_query=3)
+
+
+def conv4_learner(spec: dict, n_train_classes: int = 12, seed: int = 0):
+    torch.manual_seed(seed)
+    backbone = build_backbone({"arch": "conv4", "width": 8})
+    return build_learner(spec, backbone, embedding_dim(backbone), n_train_classes)
+
+
+def linear_learner(spec: dict, d: int, n_train_classes: int = 4, backbone: nn.Module | None = None):
+    """A learner on images ``[n, 1, 1, d]`` whose backbone is a flatten (embedding = the image) or ``backbone``."""
+    return build_learner(spec, backbone or nn.Flatten(), d, n_train_classes)
+
+
+@pytest.fixture(scope="module")
+def split() -> torch.Tensor:
+    return torch.from_numpy(synthetic_split(12, per_class=10, seed=3))
+
+
+def episodes(split: torch.Tensor, count: int, seed: int):
+    indices = fixed_episode_indices(split.shape[0], split.shape[1], SPEC, count, seed)
+    for i in range(count):
+        support, query = gather_episode(split, indices[i], SPEC)
+        yield support, query, indices.classes[i]
+
+
+def test_build_learner_rejects_unknown_names_and_options():
+    backbone = nn.Flatten()
+    with pytest.raises(ValueError, match=r"unknown learner 'reptile'; expected one of \['anil', 'classifier'"):
+        build_learner({"name": "reptile"}, backbone, 4, 3)
+    with pytest.raises(ValueError, match=r"learner 'maml': unknown options \['lr'\]; allowed: \['eval_inner_steps'"):
+        build_learner({"name": "maml", "lr": 0.1}, backbone, 4, 3)
+    with pytest.raises(ValueError, match=r"learner 'protonet': unknown options \['scale'\]; allowed: \[\]"):
+        build_learner({"name": "protonet", "scale": 2}, backbone, 4, 3)
+    with pytest.raises(ValueError, match="learner 'anil': inner_steps must be an integer >= 1, got 0"):
+        build_learner({"name": "anil", "inner_steps": 0}, backbone, 4, 3)
+    with pytest.raises(ValueError, match=r"need 1 <= classes <= 3 \(training classes\), got 5"):
+        build_learner({"name": "classifier", "classes": 5}, backbone, 4, 3)
+    assert set(LEARNERS) == {"protonet", "protonet_head", "matchingnet", "maml", "anil", "classifier"}
+
+
+def test_protonet_equals_the_embed_episode_code_path_bitwise(split):
+    (support, query, classes), *_ = episodes(split, 1, seed=1)
+    learner = conv4_learner({"name": "protonet"})
+    loss, accuracy = learner.episode_loss(support, query, SPEC.n_way, classes)
+    loss.backward()
+    grads = [p.grad.clone() for p in learner.backbone.parameters()]
+    learner.zero_grad()
+    s, q = embed_episode(learner.backbone, support, query)
+    expected_loss, expected_accuracy = episode_loss(s.float(), q.float(), SPEC.n_way)
+    expected_loss.backward()
+    assert torch.equal(loss, expected_loss) and torch.equal(accuracy, expected_accuracy)
+    assert all(torch.equal(g, p.grad) for g, p in zip(grads, learner.backbone.parameters(), strict=True))
+    fewshot_loss, _ = learner.fewshot(support, query, SPEC.n_way)
+    assert torch.equal(fewshot_loss, loss)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"name": "protonet"},
+        {"name": "protonet_head"},
+        {"name": "matchingnet"},
+        {"name": "anil"},
+        {"name": "maml", "inner_steps": 2},
+    ],
+    ids=lambda s: s["name"],
+)
+def test_episodic_learners_lower_their_loss(spec, split):
+    learner = conv4_learner(spec)
+    learner.train()
+    held_out = list(episodes(split, 3, seed=100))
+
+    def mean_loss() -> float:
+        with torch.no_grad():
+            return sum(learner.episode_loss(s, q, SPEC.n_way, c)[0].item() for s, q, c in held_out) / len(held_out)
+
+    before = mean_loss()
+    optimizer = torch.optim.Adam(learner.parameters(), lr=5e-3)
+    for support, query, classes in episodes(split, 20, seed=5):
+        loss, accuracy = learner.episode_loss(support, query, SPEC.n_way, classes)
+        assert loss.shape == accuracy.shape == () and loss.dtype == accuracy.dtype == torch.float32
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = mean_loss()
+    assert after < 0.8 * before, f"{spec['name']}: mean held-out episode loss {before:.4f} -> {after:.4f}"
+
+
+def test_classifier_lowers_its_loss_on_its_class_subset(split):
+    learner = conv4_learner({"name": "classifier", "classes": 6, "class_seed": 2})
+    assert not learner.episodic and torch.equal(learner.train_class_ids(), class_subset(12, 6, 2))
+    generator = torch.Generator().manual_seed(0)
+    ids = learner.train_class_ids()
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
+        labels = ids[torch.randint(len(ids), (32,), generator=generator)]
+        images = split[labels, torch.randint(split.shape[1], (32,), generator=generator)]
+        return images.float().unsqueeze(1), labels
+
+    held_images, held_labels = batch()
+    with torch.no_grad():
+        before = learner.batch_loss(held_images, held_labels)[0].item()
+    optimizer = torch.optim.Adam(learner.parameters(), lr=5e-3)
+    for _ in range(20):
+        loss, _ = learner.batch_loss(*batch())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = learner.batch_loss(held_images, held_labels)[0].item()
+    assert after < 0.5 * before, f"classifier: held-out batch loss {before:.4f} -> {after:.4f}"
+    with pytest.raises(NotImplementedError, match="'classifier' is not episodic"):
+        learner.episode_loss(held_images[:5], held_images[5:10], 5, ids[:5])
+
+
+def test_class_subset_is_seeded_sorted_and_distinct():
+    a, b, c = class_subset(100, 10, 0), class_subset(100, 10, 0), class_subset(100, 10, 1)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert len(a.unique()) == 10 and torch.equal(a, a.sort().values) and int(a.max()) < 100
+
+
+def test_classifier_maps_split_class_ids_to_head_rows_and_exposes_its_head():
+    torch.manual_seed(0)
+    learner = linear_learner({"name": "classifier", "classes": 3, "class_seed": 4}, d=5, n_train_classes=8)
+    w, b, ids = learner.classifier()
+    assert torch.equal(ids, class_subset(8, 3, 4))
+    assert w.data_ptr() == learner.head.weight.data_ptr() and b.data_ptr() == learner.head.bias.data_ptr()
+    assert w.shape == (3, 5) and b.shape == (3,)
+    x = torch.randn(6, 1, 1, 5)
+    rows = torch.tensor([2, 0, 1, 1, 0, 2])
+    loss, accuracy = learner.batch_loss(x, ids[rows])
+    logits = x.flatten(1).double() @ w.double().T + b.double()
+    assert loss.item() == pytest.approx(F.cross_entropy(logits, rows).item(), rel=1e-6)
+    assert accuracy.item() == pytest.approx((logits.argmax(1) == rows).double().mean().item())
+    unrestricted = linear_learner({"name": "classifier"}, d=5, n_train_classes=8)
+    assert unrestricted.train_class_ids() is None and torch.equal(unrestricted.classifier()[2], torch.arange(8))
+
+
+def test_protonet_head_adds_weighted_cross_entropy_over_split_classes():
+    torch.manual_seed(1)
+    learner = linear_learner({"name": "protonet_head", "head_weight": 0.5}, d=3, n_train_classes=6)
+    support, query = torch.randn(4, 1, 1, 3), torch.randn(6, 1, 1, 3)  # 2-way, 2 shots, 3 queries
+    classes = torch.tensor([4, 1])
+    loss, accuracy = learner.episode_loss(support, query, 2, classes)
+    w, b, ids = learner.classifier()
+    assert w.data_ptr() == learner.head.weight.data_ptr() and torch.equal(ids, torch.arange(6))
+    proto_loss, proto_accuracy = episode_loss(support.flatten(1), query.flatten(1), 2)
+    features = torch.cat([support, query]).flatten(1).double()
+    labels = torch.tensor([4, 4, 1, 1, 4, 4, 4, 1, 1, 1])
+    head_loss = F.cross_entropy(features @ w.double().T + b.double(), labels)
+    assert loss.item() == pytest.approx(proto_loss.item() + 0.5 * head_loss.item(), rel=1e-6)
+    assert torch.equal(accuracy, proto_accuracy)
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.5])
+def test_matching_net_attention_sums_softmax_of_cosines_per_class(scale):
+    learner = linear_learner({"name": "matchingnet", "scale": scale}, d=2)
+    # 2-way 2-shot; the query (3, 4) has cosines 0.6, 0.8 with class 0's supports and -0.6, -0.8 with class 1's.
+    support = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, 0.0], [0.0, -3.0]]).reshape(4, 1, 1, 2)
+    query = torch.tensor([[3.0, 4.0], [-3.0, -4.0]]).reshape(2, 1, 1, 2)  # one query of each class
+    e = torch.tensor([0.6, 0.8, -0.6, -0.8], dtype=torch.float64).mul(scale).exp()
+    p0 = ((e[0] + e[1]) / e.sum()).item()  # the first query's probability of class 0; the second's of class 1 is p0
+    log_p = learner.class_log_probs(support.flatten(1), query.flatten(1), 2)
+    assert log_p.exp().flatten().tolist() == pytest.approx([p0, 1 - p0, 1 - p0, p0], rel=1e-6)
+    loss, accuracy = learner.fewshot(support, query, 2)
+    assert loss.item() == pytest.approx(-torch.log(torch.tensor(p0, dtype=torch.float64)).item(), rel=1e-5)
+    assert accuracy.item() == 1.0
+    learned = linear_learner({"name": "matchingnet", "learn_scale": True}, d=2)
+    assert [name for name, _ in learned.named_parameters()] == ["scale"]
+
+
+def inner_step_by_hand(a, w, b, x, y, n_way, lr):
+    """One SGD step of CE(x A^T W^T + b) in float64; returns (A, W, b) after it. ``a=None``: identity backbone."""
+    h = x if a is None else x @ a.T
+    g = (torch.softmax(h @ w.T + b, dim=1) - F.one_hot(y, n_way).double()) / x.shape[0]  # dCE/dlogits
+    grad_a = None if a is None else w.T @ g.T @ x
+    return (None if a is None else a - lr * grad_a), w - lr * g.T @ h, b - lr * g.sum(0)
+
+
+def tiny_task(seed: int = 0, d: int = 3, n_way: int = 2):
+    torch.manual_seed(seed)
+    support, query = torch.randn(2 * n_way, 1, 1, d), torch.randn(3 * n_way, 1, 1, d)
+    y_s, y_q = torch.arange(n_way).repeat_interleave(2), torch.arange(n_way).repeat_interleave(3)
+    return support, query, y_s, y_q
+
+
+def test_anil_one_step_adapts_a_zero_head_in_closed_form():
+    support, query, y_s, y_q = tiny_task(d=3, n_way=2)
+    learner = linear_learner({"name": "anil", "inner_steps": 1, "inner_lr": 0.7}, d=3)
+    x, xq = support.flatten(1).double(), query.flatten(1).double()
+    # At W = 0 the softmax is uniform, so the adapted head is lr * (onehot - 1/n_way)^T x / n; b stays 0 (balanced).
+    w1 = 0.7 * (F.one_hot(y_s, 2).double() - 0.5).T @ x / x.shape[0]
+    _, w, b = inner_step_by_hand(None, torch.zeros(2, 3, dtype=torch.float64), torch.zeros(2).double(), x, y_s, 2, 0.7)
+    assert torch.allclose(w, w1) and torch.allclose(b, torch.zeros(2).double())
+    _, w_model, b_model = learner.adapt(lambda p, w, b: F.linear(support.flatten(1), w, b), y_s, 2, steps=1)
+    assert torch.allclose(w_model.double(), w1, atol=1e-6) and torch.allclose(b_model.double(), b, atol=1e-7)
+    loss, _ = learner.episode_loss(support, query, 2, torch.tensor([0, 1]))
+    assert loss.item() == pytest.approx(F.cross_entropy(xq @ w1.T, y_q).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("first_order", [True, False])
+def test_maml_two_inner_steps_match_the_hand_computation(first_order):
+    support, query, y_s, y_q = tiny_task(seed=1, d=3, n_way=2)
+    torch.manual_seed(2)
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(3, 4, bias=False))
+    spec = {"name": "maml", "inner_steps": 2, "inner_lr": 0.5, "first_order": first_order}
+    learner = linear_learner(spec, d=4, backbone=backbone)
+    loss, _ = learner.episode_loss(support, query, 2, torch.tensor([0, 1]))
+    loss.backward()
+
+    x, xq = support.flatten(1).double(), query.flatten(1).double()
+    a0 = backbone[1].weight.detach().double().requires_grad_()
+    a, w, b = a0, torch.zeros(2, 4, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+    for _ in range(2):
+        a, w, b = inner_step_by_hand(a, w, b, x, y_s, 2, 0.5)
+        if first_order:  # first order: the adapted weights are a0 plus constants
+            a = a0 + (a - a0).detach()
+            w, b = w.detach(), b.detach()
+    expected = F.cross_entropy(xq @ a.T @ w.T + b, y_q)
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.allclose(backbone[1].weight.grad.double(), a0.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["maml", "anil"])
+def test_fewshot_adapts_without_touching_the_learner(name, split):
+    learner = conv4_learner({"name": name, "eval_inner_steps": 2})
+    learner.train()
+    for support, query, classes in episodes(split, 1, seed=7):  # give batch norm some running statistics
+        with torch.no_grad():
+            learner.episode_loss(support, query, SPEC.n_way, classes)
+    state = {k: v.clone() for k, v in learner.state_dict().items()}
+    learner.eval()
+    (support, query, _), *_ = episodes(split, 1, seed=8)
+    with torch.no_grad():
+        loss, accuracy = learner.fewshot(support, query, SPEC.n_way)
+    assert loss.shape == accuracy.shape == () and loss.dtype == accuracy.dtype == torch.float32
+    assert not loss.requires_grad and 0.0 <= accuracy.item() <= 1.0 and torch.isfinite(loss)
+    assert all(torch.equal(state[k], v) for k, v in learner.state_dict().items())
+    assert all(p.grad is None for p in learner.parameters())
+    assert not learner.training and all(not m.training for m in learner.modules())
+    assert learner.classifier() is None and learner.train_class_ids() is None
+
+
+def test_embed_returns_float32_in_bf16():
+    learner = conv4_learner({"name": "protonet"})
+    learner.precision = "bf16"
+    images = torch.rand(4, 1, 28, 28)
+    out = learner.embed(images)
+    assert out.dtype == torch.float32 and out.shape == (4, 8)
+    learner.precision = "fp32"
+    assert not torch.equal(out, learner.embed(images))  # bf16 arithmetic really ran
