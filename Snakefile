@@ -32,8 +32,8 @@ localrules:
 
 onstart:
     # On a CPU, say how long the runs still to train would take (measured now) and name the CPU presets.
-    os.environ["METACOLLAPSE_PLAN"] = cpu_plan()
-    shell("metacollapse estimate || true")
+    os.environ.update({"METACOLLAPSE_PLAN": cpu_plan()})
+    shell("python -m metacollapse estimate || true")
 
 
 rule all:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-
 validate(config, schema="../schemas/config.schema.yaml")
 
 RAW_ZIPS = ["images_background.zip", "images_evaluation.zip"]
@@ -66,7 +65,7 @@ def expand_runs(config):
         if body is None:
             continue
         keys = list(body["grid"])
-        template = body.get("name") or sweep + "".join(f"_{k.split('.')[-1]}{{{k}}}" for k in keys)
+        template = body.get("name") or "_".join([sweep, *(f"{k.split('.')[-1]}{{{k}}}" for k in keys)])
         for values in itertools.product(*body["grid"].values()):
             override = copy.deepcopy(body.get("run") or {})
             for key, value in zip(keys, values):
@@ -87,12 +86,14 @@ if config["features"]["epochs"] == "all":
 else:
     FEATURE_EPOCHS = sorted(config["features"]["epochs"])
     if max(FEATURE_EPOCHS) > config["epochs"]:
-        raise ValueError(f"config: features.epochs asks for epoch {max(FEATURE_EPOCHS)} but epochs is {config['epochs']}")
+        raise ValueError(
+            f"config: features.epochs asks for epoch {max(FEATURE_EPOCHS)} but epochs is {config['epochs']}"
+        )
 
-if config["omniglot_mirror"]:
-    # The mirror reaches the download job through the environment, not as a parameter: where verified zips came
-    # from is not part of what they are, so changing the mirror reruns nothing.
-    os.environ["METACOLLAPSE_OMNIGLOT_MIRROR"] = config["omniglot_mirror"]
+# The mirror reaches the download job through the environment, not as a parameter: where verified zips came from
+# is not part of what they are, so changing the mirror reruns nothing.
+MIRROR_ENV = "METACOLLAPSE_OMNIGLOT_MIRROR"
+os.environ.update({MIRROR_ENV: config["omniglot_mirror"] or os.environ.get(MIRROR_ENV, "")})
 
 
 wildcard_constraints:
@@ -111,8 +112,13 @@ STAGE_CODE = {
     "figures": ["figures"],
 }
 PACKAGE = Path(workflow.basedir) / "src" / "metacollapse"  # a checkout; else the installed package
-if not PACKAGE.is_dir() and importlib.util.find_spec("metacollapse"):
+if PACKAGE.is_dir():
+    # Rules run `python -m metacollapse`: from this checkout, also in an environment that lacks the package
+    # (the per-rule conda environment ENV holds only its dependencies).
+    os.environ.update({"PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE.parent), os.getenv("PYTHONPATH")]))})
+elif importlib.util.find_spec("metacollapse"):
     PACKAGE = Path(importlib.util.find_spec("metacollapse").origin).parent
+ENV = "../envs/metacollapse.yaml"
 
 
 def code(stage):

@@ -6,8 +6,10 @@ rule download:
         expand("data/raw/{zip}", zip=RAW_ZIPS),
     log:
         "logs/download.log",
+    conda:
+        ENV
     shell:
-        "exec metacollapse download --out-dir data/raw > {log:q} 2>&1"
+        "exec python -m metacollapse download --out-dir data/raw > {log:q} 2>&1"
 
 
 rule prepare:
@@ -18,11 +20,13 @@ rule prepare:
     output:
         arrays=expand("data/processed/{split}.npy", split=SPLITS),
         classes=expand("data/processed/{split}_classes.txt", split=SPLITS),
+    log:
+        "logs/prepare.log",
+    conda:
+        ENV
     params:
         splits=SPLITS,
         code=code("prepare"),
-    log:
-        "logs/prepare.log",
     shell:
-        "exec metacollapse prepare --raw-dir data/raw --splits-dir data/splits/vinyals --out-dir data/processed"
+        "exec python -m metacollapse prepare --raw-dir data/raw --splits-dir data/splits/vinyals --out-dir data/processed"
         " --splits {params.splits} > {log:q} 2>&1"

@@ -6,13 +6,15 @@ rule probes:
         [processed(split) for split in probe_splits()],
     output:
         "results/probes.npz",
+    log:
+        "logs/probes.log",
+    conda:
+        ENV
     params:
         spec=json.dumps({"seed": config["features"]["seed"], "probes": config["features"]["probes"]}, sort_keys=True),
         code=code("probes"),
-    log:
-        "logs/probes.log",
     shell:
-        "exec metacollapse make-probes --params {params.spec:q} --data-dir data/processed --out {output:q}"
+        "exec python -m metacollapse make-probes --params {params.spec:q} --data-dir data/processed --out {output:q}"
         " > {log:q} 2>&1"
 
 
@@ -23,17 +25,19 @@ rule features:
         splits=[processed(split) for split in probe_splits()],
     output:
         epoch_files("features", "npz", FEATURE_EPOCHS),
+    log:
+        "logs/features/{run}.log",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=1,
     params:
         spec=spec_json,
         flags=compute_flags(),
         code=code("features"),
-    threads: 2
-    resources:
-        gpu=1,
-    log:
-        "logs/features/{run}.log",
     shell:
-        "exec metacollapse features --spec {params.spec:q} --checkpoints {input.checkpoints:q} --out {output:q}"
+        "exec python -m metacollapse features --spec {params.spec:q} --checkpoints {input.checkpoints:q} --out {output:q}"
         " --probes {input.probes:q} --data-dir data/processed {params.flags} --threads {threads} > {log:q} 2>&1"
 
 
@@ -42,9 +46,11 @@ rule nc:
         epoch_files("features", "npz", FEATURE_EPOCHS),
     output:
         epoch_files("nc", "csv", FEATURE_EPOCHS),
-    params:
-        code=code("nc"),
     log:
         "logs/nc/{run}.log",
+    conda:
+        ENV
+    params:
+        code=code("nc"),
     shell:
-        "exec metacollapse nc --features {input:q} --out {output:q} > {log:q} 2>&1"
+        "exec python -m metacollapse nc --features {input:q} --out {output:q} > {log:q} 2>&1"

@@ -10,14 +10,16 @@ rule aggregate:
         train_log="results/train_log.csv",
         fewshot="results/fewshot_accuracy.csv",
         nc="results/nc_metrics.csv",
-    params:
-        code=code("aggregate"),
     log:
         "logs/aggregate.log",
+    conda:
+        ENV
+    params:
+        code=code("aggregate"),
     shell:
-        "(metacollapse aggregate --kind train_log --out {output.train_log:q} {input.train_logs:q}"
-        " && metacollapse aggregate --kind fewshot --out {output.fewshot:q} {input.fewshot:q}"
-        " && metacollapse aggregate --kind nc --out {output.nc:q} {input.nc:q}) > {log:q} 2>&1"
+        "(python -m metacollapse aggregate --kind train_log --out {output.train_log:q} {input.train_logs:q}"
+        " && python -m metacollapse aggregate --kind fewshot --out {output.fewshot:q} {input.fewshot:q}"
+        " && python -m metacollapse aggregate --kind nc --out {output.nc:q} {input.nc:q}) > {log:q} 2>&1"
 
 
 rule figures:
@@ -31,12 +33,14 @@ rule figures:
             for name in FIGURES
         ],
         pdf=[f"results/figures/{name}.pdf" for name in FIGURES],
-    params:
-        code=code("figures"),
     log:
         "logs/figures.log",
+    conda:
+        ENV
+    params:
+        code=code("figures"),
     shell:
-        "exec metacollapse figures --nc {input.nc:q} --train-log {input.train_log:q} --fewshot {input.fewshot:q}"
+        "exec python -m metacollapse figures --nc {input.nc:q} --train-log {input.train_log:q} --fewshot {input.fewshot:q}"
         " --out-dir results/figures > {log:q} 2>&1"
 
 
@@ -47,10 +51,12 @@ rule dvc_metrics:
     output:
         metrics="reports/metrics.json",
         plots=directory("reports/plots"),
-    params:
-        code=code("aggregate"),
     log:
         "logs/dvc_metrics.log",
+    conda:
+        ENV
+    params:
+        code=code("aggregate"),
     shell:
-        "exec metacollapse dvc-metrics --train-log {input.train_log:q} --fewshot {input.fewshot:q}"
+        "exec python -m metacollapse dvc-metrics --train-log {input.train_log:q} --fewshot {input.fewshot:q}"
         " --metrics {output.metrics:q} --plots-dir {output.plots:q} > {log:q} 2>&1"

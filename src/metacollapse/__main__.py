@@ -1,0 +1,7 @@
+"""``python -m metacollapse``: the same command line as the ``metacollapse`` script."""
+
+import sys
+
+from metacollapse.cli import main
+
+sys.exit(main())
