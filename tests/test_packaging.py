@@ -27,6 +27,10 @@ def test_environment_yml_and_pyproject_name_the_same_dependencies(repo_root):
     assert conda_deps == pip_deps
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert "-e ." in pip_section
+    rule_env = yaml.safe_load((repo_root / "workflow" / "envs" / "metacollapse.yaml").read_text())
+    assert {CONDA_NAMES.get(requirement_name(d), requirement_name(d)) for d in rule_env["dependencies"]} - {
+        "python"
+    } == pip_deps
 
 
 def test_required_dependencies_are_declared(repo_root):
@@ -37,7 +41,7 @@ def test_required_dependencies_are_declared(repo_root):
 
 def test_console_script_lists_every_stage():
     result = subprocess.run([sys.executable, "-m", "metacollapse.cli", "--help"], capture_output=True, text=True)
-    for command in ("download", "prepare", "data-info", "train", "evaluate", "dump-features", "nc", "figures"):
+    for command in ("download", "prepare", "data-info", "train", "evaluate", "features", "nc", "figures"):
         assert command in result.stdout
 
 
@@ -83,3 +87,27 @@ def test_docs_contracts_lists_every_subcommand_with_all_its_options(repo_root):
         for action in sub._actions:
             longs = [o for o in action.option_strings if o.startswith("--") and o != "--help"]
             assert not longs or any(o in lines[name] for o in longs), f"`{name}` {longs} missing from CONTRACTS.md"
+
+
+def test_the_workflow_needs_only_snakemake_and_the_standard_library(repo_root):
+    """Lint as the workflow catalog does: with the package, torch and matplotlib unimportable."""
+    blocked = ["metacollapse", "torch", "torchvision", "matplotlib"]  # Snakemake itself brings numpy and pandas
+    code = (
+        "import sys\n"
+        f"for name in {blocked!r}: sys.modules[name] = None\n"
+        "from snakemake.cli import main\n"
+        "sys.argv = ['snakemake', '--lint']\n"
+        "main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True)
+    assert "Congratulations" in result.stdout + result.stderr, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_the_workflow_is_snakefmt_clean(repo_root):
+    result = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -2,7 +2,7 @@
 # Run the workflow on an offline GPU machine from the folder fetch.sh packed, then pack the small results.
 #   OFFLINE=.offline RESULTS=/somewhere tools/offline_gpu/run.sh [snakemake arguments, e.g. a target]
 # Installs the wheels into /tmp/metacollapse-site (once), runs Snakemake with the workstation profile and the
-# packed Omniglot mirror, stopping itself after BUDGET seconds (default: no limit) so that a machine lent for
+# packed Omniglot mirror, stopping itself after BUDGET seconds (default: no limit) so that a machine booked for
 # a fixed time can be called again: the next call resumes (training from its last epoch, see
 # metacollapse.training). Writes RESULTS/results.tar.gz: logs, training logs, few-shot tables, NC tables,
 # figures and the report (not checkpoints or features, which stay on the machine).
@@ -34,8 +34,8 @@ fi
 if [ -n "${RESULTS:-}" ]; then
   mkdir -p "$RESULTS"
   # shellcheck disable=SC2046
-  tar -czf "$RESULTS/results.tar.gz" --ignore-failed-read logs results/nc_metrics.csv results/figures results/report.html \
-    $(ls results/*/train_log.csv results/*/fewshot_accuracy.csv 2>/dev/null) 2>/dev/null
+  tar -czf "$RESULTS/results.tar.gz" --ignore-failed-read logs reports results/figures results/report.html \
+    $(ls results/*.csv 2>/dev/null) 2>/dev/null
   ls -la "$RESULTS"
 fi
 exit $rc
