@@ -42,3 +42,11 @@ rule all:
         rules.figures.output,
         rules.dvc_metrics.output,
         run_files("results/{run}/fewshot_accuracy.csv"),
+        # Named so that a deleted feature dump or NC table is remade even though the tables built from it exist
+        # (Snakemake does not remake missing intermediate files on its own).
+        [
+            f"results/{run}/{kind}/epoch_{e:03d}.{ext}"
+            for run in RUNS
+            for e in FEATURE_EPOCHS
+            for kind, ext in (("features", "npz"), ("nc", "csv"))
+        ],
