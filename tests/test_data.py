@@ -754,3 +754,12 @@ def test_load_split_mmap(processed: Path) -> None:
     np.testing.assert_array_equal(eager, mapped)
     del mapped
     assert os.path.getsize(processed / "trainval.npy") > eager.nbytes
+
+
+def test_a_truncated_processed_split_says_how_to_remake_it(fake: FakeOmniglot, tmp_path: Path) -> None:
+    out = tmp_path / "processed"
+    prepare_splits(_raw_from(fake, tmp_path / "raw"), fake.splits_dir, out, ["train"])
+    npy = out / "train.npy"
+    npy.write_bytes(npy.read_bytes()[: npy.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"train\.npy.*snakemake --cores all --forcerun prepare"):
+        load_split(out, "train")

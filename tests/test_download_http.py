@@ -151,3 +151,20 @@ def test_missing_mirror_is_fetched_once_into_the_user_cache(
     msg = str(err.value)
     assert MIRROR_ENV in msg and "SHA256SUMS" in msg and "sha256sum" in msg and "make_mirror" in msg
     assert str(tmp_path / "cache2") in msg and "MD5SUMS" in msg  # where it tried, and why it failed
+
+
+def test_the_default_config_download_job_runs_as_a_user_runs_it(upstream: Upstream, tmp_path: Path) -> None:
+    """`snakemake download` in a fresh workspace with the default config: no mirror anywhere, upstream over HTTP."""
+    from conftest import make_workspace
+
+    workdir = make_workspace(tmp_path / "fresh")
+    env = {k: v for k, v in os.environ.items() if k != MIRROR_ENV}
+    env[UPSTREAM_ENV] = upstream.url
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    env["PATH"] = f"{CLI.parent}{os.pathsep}{env.get('PATH', '')}"
+    command = [sys.executable, "-m", "snakemake", "--cores", "1", "download"]
+    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:] + (workdir / "logs" / "download.log").read_text()
+    for name in ZIP_NAMES:
+        assert (workdir / "data" / "raw" / name).read_bytes() == (upstream.folder / name).read_bytes()
+    assert sorted(upstream.requests) == sorted(["/MD5SUMS", *(f"/{n}" for n in ZIP_NAMES)])

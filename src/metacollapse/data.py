@@ -628,7 +628,19 @@ def _file_name(entry: str) -> str:
 # ----------------------------------------------------------------------------------------------------
 
 
+REMAKE_HINT = "remake the processed splits with `snakemake --cores all --forcerun prepare`"
+
+
 def load_split(processed_dir: Path, split: str, *, mmap: bool = False) -> tuple[np.ndarray, list[str]]:
+    """Load ``{split}.npy`` and its class names (see :func:`_load_split`); a damaged file's error says how to
+    remake it, since Snakemake sees an existing file as finished and would not redo ``prepare`` by itself."""
+    try:
+        return _load_split(processed_dir, split, mmap=mmap)
+    except DataError as error:
+        raise DataError(f"{error}; {REMAKE_HINT}") from error
+
+
+def _load_split(processed_dir: Path, split: str, *, mmap: bool = False) -> tuple[np.ndarray, list[str]]:
     """Load ``{split}.npy`` and its class names, checking shape, dtype, values and the class list.
 
     Returns ``(array, class_names)`` with ``array`` uint8 ``[classes, 20, 28, 28]`` in {0, 1}. With
