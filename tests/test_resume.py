@@ -70,8 +70,8 @@ def test_sigkilled_snakemake_run_resumes_and_matches_an_uninterrupted_run(quick_
         workdir, reference, dirs_exist_ok=True, ignore=shutil.ignore_patterns("results", ".snakemake", "logs")
     )
     snakemake(reference, *args)
-    a = pd.read_csv(workdir / TARGET).drop(columns=TIMING_COLUMNS)
-    b = pd.read_csv(reference / TARGET).drop(columns=TIMING_COLUMNS)
+    a = pd.read_csv(workdir / TARGET).drop(columns=list(TIMING_COLUMNS))
+    b = pd.read_csv(reference / TARGET).drop(columns=list(TIMING_COLUMNS))
     pd.testing.assert_frame_equal(a, b)
     last = f"results/conv4/checkpoints/epoch_{EPOCHS:03d}.pt"
     resumed, uninterrupted = read_checkpoint(workdir / last), read_checkpoint(reference / last)

@@ -1,0 +1,54 @@
+"""Summarise a finished study for docs/results/: copy its tables and figures, and write summary.csv.
+
+    python tools/summarize_study.py STUDY_WORKDIR docs/results/NAME
+
+summary.csv has one row per group (runs that differ only by seed) and quantity: the final-epoch value of the
+few-shot accuracies and of the NC metrics on each class probe (set "all", and the classifier set where a learner
+has a real head), as mean and 95% t-interval over seeds (metacollapse.figures.mean_ci), with the metric's null
+value. Every number a study README quotes comes from it or from the copied tables.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from metacollapse.figures import GROUP_COLUMNS, mean_ci
+
+METRICS = ("nc1_paper", "nc1_quotient", "cdnv", "cdnv_dir", "erank", "nc2_etf_rownorm", "nc3", "nc4")
+
+
+def summarize(workdir: Path, out: Path) -> pd.DataFrame:
+    results = workdir / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("train_log.csv", "fewshot_accuracy.csv", "nc_metrics.csv"):
+        shutil.copy(results / name, out / name)
+    shutil.copytree(results / "figures", out / "figures", dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.pdf"))
+    logs, shots, nc = (pd.read_csv(results / n) for n in ("train_log.csv", "fewshot_accuracy.csv", "nc_metrics.csv"))
+    for table in (logs, shots, nc):
+        table["width"] = table["width"].fillna(-1).astype(int)  # -1: a backbone without a width (ResNet-18)
+    final = nc[(nc["epoch"] == nc["epoch"].max()) & nc["metric"].isin(METRICS) & nc["set"].isin(["all", "classifier"])]
+    keys = list(GROUP_COLUMNS)
+    records = []
+    for group, rows in shots.groupby(keys):
+        for (way, shot), s in rows.groupby(["n_way", "n_shot"]):
+            mean, ci, n = mean_ci(100 * s["accuracy"].to_numpy())
+            records.append((*group, f"acc_{way}w{shot}s", "test", "", mean, ci, n, float("nan")))
+    for group, rows in final.groupby(keys):
+        for (probe, set_name, metric), s in rows.groupby(["probe", "set", "metric"]):
+            mean, ci, n = mean_ci(s["mean"].to_numpy())
+            records.append((*group, metric, probe, set_name, mean, ci, n, float(s["null"].mean())))
+    table = pd.DataFrame.from_records(
+        records, columns=[*keys, "quantity", "probe", "set", "mean", "ci95", "seeds", "null"]
+    )
+    size = logs.groupby(keys)[["n_params", "dim"]].first().reset_index()
+    table = table.merge(size, on=keys, how="left")
+    table.to_csv(out / "summary.csv", index=False, float_format="%.6g")
+    return table
+
+
+if __name__ == "__main__":
+    summarize(Path(sys.argv[1]), Path(sys.argv[2]))
