@@ -202,3 +202,9 @@ def test_a_full_disk_is_reported_as_such_naming_the_file(tmp_path):
         assert list(small.iterdir()) == []  # nothing half-written is left
     finally:
         subprocess.run(["umount", "--lazy", str(small)], check=True)
+
+
+def test_the_deterministic_switch_changes_no_cpu_number(synthetic_data, tmp_path):
+    plain = fit(synthetic_data, tmp_path / "plain", spec(epochs=1))
+    strict = fit(synthetic_data, tmp_path / "strict", spec(epochs=1), deterministic=True)
+    pd.testing.assert_frame_equal(plain.drop(columns=list(TIMING_COLUMNS)), strict.drop(columns=list(TIMING_COLUMNS)))
