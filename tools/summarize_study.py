@@ -2,10 +2,11 @@
 
     python tools/summarize_study.py STUDY_WORKDIR docs/results/NAME
 
-summary.csv has one row per group (runs that differ only by seed) and quantity: the final-epoch value of the
-few-shot accuracies and of the NC metrics on each class probe (set "all", and the classifier set where a learner
-has a real head), as mean and 95% t-interval over seeds (metacollapse.figures.mean_ci), with the metric's null
-value. Every number a study README quotes comes from it or from the copied tables.
+summary.csv has one row per group (runs that differ only by seed) and quantity: the few-shot accuracies, and the
+NC metrics at epoch 0 and at the last epoch on every probe (query features of episodic probes, whole class
+probes, and the classifier set where a learner has a real head), as mean and 95% t-interval over seeds
+(metacollapse.figures.mean_ci), with the metric's null value. Every number a study README quotes comes from it
+or from the copied tables.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import pandas as pd
 from metacollapse.figures import GROUP_COLUMNS, mean_ci
 
 METRICS = ("nc1_paper", "nc1_quotient", "cdnv", "cdnv_dir", "erank", "nc2_etf_rownorm", "nc3", "nc4")
+#: The sets summarised: per-episode query features, whole class probes, and a learner's real linear head.
+SETS = ("query", "all", "classifier")
 
 
 def summarize(workdir: Path, out: Path) -> pd.DataFrame:
@@ -30,19 +33,20 @@ def summarize(workdir: Path, out: Path) -> pd.DataFrame:
     logs, shots, nc = (pd.read_csv(results / n) for n in ("train_log.csv", "fewshot_accuracy.csv", "nc_metrics.csv"))
     for table in (logs, shots, nc):
         table["width"] = table["width"].fillna(-1).astype(int)  # -1: a backbone without a width (ResNet-18)
-    final = nc[(nc["epoch"] == nc["epoch"].max()) & nc["metric"].isin(METRICS) & nc["set"].isin(["all", "classifier"])]
+    last = nc["epoch"].max()
+    final = nc[nc["epoch"].isin([0, last]) & nc["metric"].isin(METRICS) & nc["set"].isin(SETS)]
     keys = list(GROUP_COLUMNS)
     records = []
     for group, rows in shots.groupby(keys):
         for (way, shot), s in rows.groupby(["n_way", "n_shot"]):
             mean, ci, n = mean_ci(100 * s["accuracy"].to_numpy())
-            records.append((*group, f"acc_{way}w{shot}s", "test", "", mean, ci, n, float("nan")))
+            records.append((*group, f"acc_{way}w{shot}s", "test", "", last, mean, ci, n, float("nan")))
     for group, rows in final.groupby(keys):
-        for (probe, set_name, metric), s in rows.groupby(["probe", "set", "metric"]):
+        for (probe, set_name, metric, epoch), s in rows.groupby(["probe", "set", "metric", "epoch"]):
             mean, ci, n = mean_ci(s["mean"].to_numpy())
-            records.append((*group, metric, probe, set_name, mean, ci, n, float(s["null"].mean())))
+            records.append((*group, metric, probe, set_name, epoch, mean, ci, n, float(s["null"].mean())))
     table = pd.DataFrame.from_records(
-        records, columns=[*keys, "quantity", "probe", "set", "mean", "ci95", "seeds", "null"]
+        records, columns=[*keys, "quantity", "probe", "set", "epoch", "mean", "ci95", "seeds", "null"]
     )
     size = logs.groupby(keys)[["n_params", "dim"]].first().reset_index()
     table = table.merge(size, on=keys, how="left")
