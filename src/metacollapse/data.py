@@ -379,7 +379,7 @@ def make_mirror(zips_dir: Path, mirror_dir: Path) -> Path:
     into ``mirror_dir`` (unless it is ``zips_dir`` itself) and ``mirror_dir/SHA256SUMS`` is written in
     ``sha256sum`` format (``<hex>  <name>`` per line), all atomically. The checksums record the files as
     they are: they are not compared with ``UPSTREAM_MD5`` or ``REFERENCE_SHA256``, so a mirror can also hold
-    a private copy. Equivalent to copying the zips and running ``sha256sum images_*.zip > SHA256SUMS`` there.
+    a private copy. The same as copying the zips and running ``sha256sum images_*.zip > SHA256SUMS`` there.
     Returns the path of ``SHA256SUMS``.
     """
     zips_dir, mirror_dir = Path(zips_dir), Path(mirror_dir)
