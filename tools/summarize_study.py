@@ -7,12 +7,17 @@ NC metrics at epoch 0 and at the last epoch on every probe (query features of ep
 probes, and the classifier set where a learner has a real head), as mean and 95% t-interval over seeds
 (metacollapse.figures.mean_ci), with the metric's null value. Every number a study README quotes comes from it
 or from the copied tables.
+
+jobs.csv has one row per job of the study's Snakemake run (the newest log in .snakemake/log that finished jobs):
+rule, run, start, end and seconds, then a row ``workflow`` from Snakemake's start to its last finished job.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -51,7 +56,32 @@ def summarize(workdir: Path, out: Path) -> pd.DataFrame:
     size = logs.groupby(keys)[["n_params", "dim"]].first().reset_index()
     table = table.merge(size, on=keys, how="left")
     table.to_csv(out / "summary.csv", index=False, float_format="%.6g")
+    job_times(workdir).to_csv(out / "jobs.csv", index=False)
     return table
+
+
+def job_times(workdir: Path) -> pd.DataFrame:
+    """Start, end and seconds of every finished job in the newest Snakemake log of ``workdir`` that ran jobs."""
+    logs = sorted((workdir / ".snakemake" / "log").glob("*.snakemake.log"), key=lambda p: p.stat().st_mtime)
+    text = next((p.read_text() for p in reversed(logs) if "Finished jobid" in p.read_text()), None)
+    if text is None:
+        raise SystemExit(f"{workdir / '.snakemake' / 'log'}: no Snakemake log with finished jobs")
+    began = datetime.strptime(re.search(r"Date: (.+)", text).group(1).strip(), "%Y-%m-%d %H:%M:%S")
+    now, jobs, rows = began, {}, []
+    for line in text.splitlines():
+        if stamp := re.match(r"\[(\w{3} \w{3} +\d+ [\d:]+ \d{4})\]", line):
+            now = datetime.strptime(stamp.group(1), "%a %b %d %H:%M:%S %Y")
+        elif rule := re.match(r"(?:local)?rule (\w+):", line):
+            current = {"rule": rule.group(1), "run": "", "start": now}
+        elif jobid := re.match(r"\s+jobid: (\d+)", line):
+            jobs[jobid.group(1)] = current
+        elif run := re.match(r"\s+wildcards: run=(\S+)", line):
+            current["run"] = run.group(1)
+        elif done := re.match(r"Finished jobid: (\d+)", line):
+            job = jobs[done.group(1)]
+            rows.append({**job, "end": now, "seconds": (now - job["start"]).total_seconds()})
+    rows.append({"rule": "workflow", "run": "", "start": began, "end": now, "seconds": (now - began).total_seconds()})
+    return pd.DataFrame(rows, columns=["rule", "run", "start", "end", "seconds"])
 
 
 if __name__ == "__main__":
