@@ -1,0 +1,57 @@
+"""Few-shot accuracy of a finished MAML or ANIL run's final checkpoint under other test-time inner loops.
+
+    python tools/probe_inner_loop.py STUDY_WORKDIR RUN OUT.csv [--episodes 60]
+
+Each setting (5-way 1-shot, 5-way 5-shot, 20-way 5-shot; 15 queries) uses fixed test episodes drawn as the
+evaluation stage draws them (seed 2000 + the setting's index) and is scored with the run's own inner loop and
+with a smaller inner rate, a single step and twice the steps. One row per setting and inner loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from metacollapse.checkpoints import load_learner, read_checkpoint
+from metacollapse.data import load_split
+from metacollapse.device import configure, prepare_model, resolve_precision
+from metacollapse.episodes import EpisodeSpec, fixed_episode_indices, split_to_device
+from metacollapse.evaluation import score_episodes
+
+SETTINGS = ((5, 1), (5, 5), (20, 5))
+
+
+def probe(workdir: Path, run: str, episodes: int, seed: int = 2000) -> pd.DataFrame:
+    configure(1)
+    cpu = torch.device("cpu")
+    checkpoints = sorted((workdir / "results" / run / "checkpoints").glob("epoch_*.pt"))
+    spec = read_checkpoint(checkpoints[-1])["spec"]
+    learner, _ = load_learner(checkpoints[-1], spec, cpu, epoch=int(spec["train"]["epochs"]))
+    learner.precision = resolve_precision("auto", cpu)
+    learner = prepare_model(learner, cpu, learner.precision)
+    split = split_to_device(load_split(workdir / "data" / "processed", "test")[0], cpu)
+    steps, lr = learner.eval_inner_steps, learner.inner_lr
+    loops = [(steps, lr), (steps, lr / 4), (1, lr), (2 * steps, lr)]
+    rows = []
+    for i, (way, shot) in enumerate(SETTINGS):
+        spec_e = EpisodeSpec(way, shot, 15)
+        indices = fixed_episode_indices(split.shape[0], split.shape[1], spec_e, episodes, seed + i)
+        for learner.eval_inner_steps, learner.inner_lr in loops:
+            accuracy = score_episodes(learner, split, spec_e, indices)[1].mean().item()
+            rows.append((run, way, shot, learner.eval_inner_steps, learner.inner_lr, episodes, accuracy))
+    return pd.DataFrame(
+        rows, columns=["run", "n_way", "n_shot", "eval_inner_steps", "inner_lr", "episodes", "accuracy"]
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workdir", type=Path)
+    parser.add_argument("run")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--episodes", type=int, default=60)
+    args = parser.parse_args()
+    probe(args.workdir, args.run, args.episodes).to_csv(args.out, index=False, float_format="%.6g")
