@@ -63,7 +63,7 @@ def summarize(workdir: Path, out: Path) -> pd.DataFrame:
 def job_times(workdir: Path) -> pd.DataFrame:
     """Start, end and seconds of every finished job in the newest Snakemake log of ``workdir`` that ran jobs."""
     logs = sorted((workdir / ".snakemake" / "log").glob("*.snakemake.log"), key=lambda p: p.stat().st_mtime)
-    text = next((p.read_text() for p in reversed(logs) if "Finished jobid" in p.read_text()), None)
+    text = next((s for s in (p.read_text() for p in reversed(logs)) if "Finished jobid" in s), None)
     if text is None:
         raise SystemExit(f"{workdir / '.snakemake' / 'log'}: no Snakemake log with finished jobs")
     began = datetime.strptime(re.search(r"Date: (.+)", text).group(1).strip(), "%Y-%m-%d %H:%M:%S")
