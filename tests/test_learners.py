@@ -41,14 +41,19 @@ def test_build_learner_rejects_unknown_names_and_options():
     backbone = nn.Flatten()
     with pytest.raises(ValueError, match=r"unknown learner 'reptile'; expected one of \['anil', 'classifier'"):
         build_learner({"name": "reptile"}, backbone, 4, 3)
-    with pytest.raises(ValueError, match=r"learner 'maml': unknown options \['lr'\]; allowed: \['eval_inner_steps'"):
+    with pytest.raises(
+        ValueError, match=r"learner 'maml': unknown options \['lr'\]; allowed: \['class_seed', 'classes', 'eval_inner"
+    ):
         build_learner({"name": "maml", "lr": 0.1}, backbone, 4, 3)
-    with pytest.raises(ValueError, match=r"learner 'protonet': unknown options \['scale'\]; allowed: \[\]"):
+    with pytest.raises(
+        ValueError, match=r"learner 'protonet': unknown options \['scale'\]; allowed: \['class_seed', 'classes'\]"
+    ):
         build_learner({"name": "protonet", "scale": 2}, backbone, 4, 3)
     with pytest.raises(ValueError, match="learner 'anil': inner_steps must be an integer >= 1, got 0"):
         build_learner({"name": "anil", "inner_steps": 0}, backbone, 4, 3)
-    with pytest.raises(ValueError, match=r"need 1 <= classes <= 3 \(training classes\), got 5"):
-        build_learner({"name": "classifier", "classes": 5}, backbone, 4, 3)
+    for name in LEARNERS:
+        with pytest.raises(ValueError, match=r"need 1 <= classes <= 3 \(training classes\), got 5"):
+            build_learner({"name": name, "classes": 5}, backbone, 4, 3)
     assert set(LEARNERS) == {"protonet", "protonet_head", "matchingnet", "maml", "anil", "classifier"}
 
 
@@ -164,6 +169,21 @@ def test_protonet_head_adds_weighted_cross_entropy_over_split_classes():
     head_loss = F.cross_entropy(features @ w.double().T + b.double(), labels)
     assert loss.item() == pytest.approx(proto_loss.item() + 0.5 * head_loss.item(), rel=1e-6)
     assert torch.equal(accuracy, proto_accuracy)
+
+
+def test_protonet_head_on_a_class_subset_has_a_row_per_class_and_maps_split_ids_to_rows():
+    torch.manual_seed(2)
+    learner = linear_learner({"name": "protonet_head", "classes": 3, "class_seed": 1}, d=3, n_train_classes=8)
+    w, b, ids = learner.classifier()
+    assert w.shape == (3, 3) and torch.equal(ids, class_subset(8, 3, 1))
+    assert torch.equal(learner.train_class_ids(), ids)
+    support, query = torch.randn(4, 1, 1, 3), torch.randn(2, 1, 1, 3)  # 2-way, 2 shots, 1 query
+    loss, _ = learner.episode_loss(support, query, 2, ids[[2, 0]])
+    proto_loss, _ = episode_loss(support.flatten(1), query.flatten(1), 2)
+    rows = torch.tensor([2, 2, 0, 0, 2, 0])
+    head_loss = F.cross_entropy(torch.cat([support, query]).flatten(1).double() @ w.double().T + b.double(), rows)
+    assert loss.item() == pytest.approx(proto_loss.item() + head_loss.item(), rel=1e-6)
+    assert "class_ids" not in learner.state_dict() and "row_of_class" not in learner.state_dict()
 
 
 @pytest.mark.parametrize("scale", [1.0, 2.5])

@@ -28,10 +28,10 @@ TRAIN = {
 VAL = {"split": "val", "n_way": 5, "n_support": 3, "n_query": 5, "episodes": 4, "seed": 1}
 
 
-def spec(name="run", learner="protonet", epochs=3, **train):
+def spec(name="run", learner="protonet", epochs=3, learner_options=None, **train):
     return {
         "name": name,
-        "learner": {"name": learner},
+        "learner": {"name": learner, **(learner_options or {})},
         "backbone": {"arch": "conv4", "width": 16},
         "seed": 0,
         "train": {**TRAIN, "epochs": epochs, **train},
@@ -60,6 +60,28 @@ def test_training_lowers_the_loss_and_keeps_every_epoch_from_the_untrained_one(s
     assert (log["precision"] == "fp32").all() and (log["dim"] == 16).all()
     assert pd.read_csv(tmp_path / "run" / "train_log.csv")["epoch"].tolist() == [0, 1, 2, 3]
     assert not (tmp_path / "run" / "train_state").exists()  # the resume state is gone once published
+
+
+def test_an_episodic_learner_on_a_class_subset_draws_its_episodes_from_those_classes(
+    synthetic_data, tmp_path, monkeypatch
+):
+    import metacollapse.training as training
+    from metacollapse.learners import class_subset
+
+    seen, gather = [], training.gather_episode
+
+    def recording_gather(split, episode, episode_spec):
+        seen.append(episode.classes[0])
+        return gather(split, episode, episode_spec)
+
+    monkeypatch.setattr(training, "gather_episode", recording_gather)
+    run = spec(learner="protonet_head", epochs=1, learner_options={"classes": 12, "class_seed": 3})
+    fit(synthetic_data, tmp_path / "run", run)
+    assert len(seen) == TRAIN["episodes_per_epoch"]
+    # 80 draws of 10 classes from 12: every class of the subset comes up, and none of the other 18
+    assert torch.equal(torch.cat(seen).unique(), class_subset(30, 12, 3))
+    learner, _ = load_learner(tmp_path / "run" / "checkpoints" / "epoch_001.pt", run)
+    assert learner.head.weight.shape == (12, 16)
 
 
 def test_a_checkpoint_is_the_weights_and_a_few_fields(synthetic_data, tmp_path):

@@ -9,6 +9,10 @@ Conventions shared by every learner:
 - Losses and accuracies come back as 0-d float32 tensors without a host sync.
 - ``fewshot`` classifies novel classes; it is called under ``torch.no_grad()`` in eval mode and never changes the
   learner's parameters. Learners that adapt by gradient steps switch gradients back on inside it.
+- Every learner accepts ``classes: K`` and ``class_seed``: it then trains on the ``K`` training classes of
+  :func:`class_subset` only (episodes and batches are drawn from them, a head has ``K`` rows). ``class_ids`` lists
+  the classes it trains on and ``row_of_class`` maps a split class id to its row among them (-1 outside); both
+  follow from the run spec, so checkpoints do not store them.
 
 Adding a method is one decorated class; ``build_learner`` passes the config's options as keyword arguments.
 """
@@ -45,9 +49,13 @@ def register_learner(name: str) -> Callable[[type[Learner]], type[Learner]]:
 
 
 def learner_options(cls: type[Learner]) -> dict[str, Any]:
-    """The options a learner accepts (its keyword-only constructor arguments) and their defaults."""
-    params = inspect.signature(cls.__init__).parameters.values()
-    return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    """The options a learner accepts (keyword-only constructor arguments along its bases) and their defaults."""
+    options: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        if issubclass(klass, Learner) and "__init__" in vars(klass):
+            params = inspect.signature(klass.__init__).parameters.values()
+            options.update({p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY})
+    return options
 
 
 def build_learner(spec: Mapping[str, Any], backbone: nn.Module, embedding_dim: int, n_train_classes: int) -> Learner:
@@ -91,11 +99,25 @@ class Learner(nn.Module):
     episodic: ClassVar[bool] = True
     precision: str = "fp32"
 
-    def __init__(self, backbone: nn.Module, embedding_dim: int, n_train_classes: int) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        embedding_dim: int,
+        n_train_classes: int,
+        *,
+        classes: int | None = None,
+        class_seed: int = 0,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.embedding_dim = int(embedding_dim)
-        self.n_train_classes = int(n_train_classes)
+        self.n_train_classes = n = int(n_train_classes)
+        self.restricted = classes is not None
+        ids = torch.arange(n) if classes is None else class_subset(n, classes, class_seed)
+        row_of_class = torch.full((n,), -1, dtype=torch.long)
+        row_of_class[ids] = torch.arange(len(ids))
+        self.register_buffer("class_ids", ids, persistent=False)
+        self.register_buffer("row_of_class", row_of_class, persistent=False)
 
     def embed(self, images: Tensor) -> Tensor:
         """Images ``[n, 1, H, W]`` -> float32 embeddings ``[n, d]`` (backbone in the learner's precision)."""
@@ -119,7 +141,8 @@ class Learner(nn.Module):
         return protonet.episode_loss(*self.embed_pair(support, query), n_way)
 
     def train_class_ids(self) -> Tensor | None:
-        return None
+        """The split class ids training draws from, or None for all of them."""
+        return self.class_ids if self.restricted else None
 
     def classifier(self) -> tuple[Tensor, Tensor, Tensor] | None:
         return None
@@ -135,25 +158,24 @@ class ProtoNet(Learner):
 
 @register_learner("protonet_head")
 class ProtoNetHead(ProtoNet):
-    """ProtoNet loss plus ``head_weight`` x cross-entropy of a linear head over all training classes.
+    """ProtoNet loss plus ``head_weight`` x cross-entropy of a linear head over the training classes.
 
-    The head sees the same embeddings (support and query) as the ProtoNet loss; ``classes`` gives each image's
-    split class id, which is its row in the head. The returned loss is the sum; the accuracy is ProtoNet's.
+    The head has a row per class it trains on (all training classes, or the ``classes: K`` subset) and sees the
+    same embeddings (support and query) as the ProtoNet loss; ``classes`` gives each image's split class id,
+    mapped to its row. The returned loss is the sum; the accuracy is ProtoNet's.
     """
 
-    def __init__(self, *args: Any, head_weight: float = 1.0) -> None:
-        super().__init__(*args)
+    def __init__(self, *args: Any, head_weight: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         _require(head_weight >= 0, "protonet_head", f"head_weight must be >= 0, got {head_weight!r}")
         self.head_weight = float(head_weight)
-        self.head = nn.Linear(self.embedding_dim, self.n_train_classes)
-        self.register_buffer("class_ids", torch.arange(self.n_train_classes))
+        self.head = nn.Linear(self.embedding_dim, len(self.class_ids))
 
     def episode_loss(self, support: Tensor, query: Tensor, n_way: int, classes: Tensor) -> tuple[Tensor, Tensor]:
         s, q = self.embed_pair(support, query)
         loss, accuracy = protonet.episode_loss(s, q, n_way)
-        labels = torch.cat(
-            [classes.repeat_interleave(s.shape[0] // n_way), classes.repeat_interleave(q.shape[0] // n_way)]
-        )
+        rows = self.row_of_class[classes]
+        labels = torch.cat([rows.repeat_interleave(s.shape[0] // n_way), rows.repeat_interleave(q.shape[0] // n_way)])
         head_loss = F.cross_entropy(self.head(torch.cat([s, q])), labels)
         return loss + self.head_weight * head_loss, accuracy
 
@@ -172,8 +194,8 @@ class MatchingNet(Learner):
     a parameter, and ``learn_scale: true`` learns it from that starting value instead.
     """
 
-    def __init__(self, *args: Any, scale: float = 10.0, learn_scale: bool = False) -> None:
-        super().__init__(*args)
+    def __init__(self, *args: Any, scale: float = 10.0, learn_scale: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         _require(scale > 0, "matchingnet", f"scale must be > 0, got {scale!r}")
         value = torch.tensor(float(scale))
         if learn_scale:
@@ -218,8 +240,10 @@ class _InnerLoop(Learner):
     ``first_order``: the inner gradients are treated as constants (no second derivatives) in the outer update.
     """
 
-    def __init__(self, *args: Any, inner_steps: int, eval_inner_steps: int, inner_lr: float, first_order: bool) -> None:
-        super().__init__(*args)
+    def __init__(
+        self, *args: Any, inner_steps: int, eval_inner_steps: int, inner_lr: float, first_order: bool, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
         for key, value in (("inner_steps", inner_steps), ("eval_inner_steps", eval_inner_steps)):
             _require(isinstance(value, int) and value >= 1, self.name, f"{key} must be an integer >= 1, got {value!r}")
         _require(inner_lr > 0, self.name, f"inner_lr must be > 0, got {inner_lr!r}")
@@ -278,6 +302,7 @@ class ANIL(_InnerLoop):
         eval_inner_steps: int = 10,
         inner_lr: float = 0.4,
         first_order: bool = False,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
             *args,
@@ -285,6 +310,7 @@ class ANIL(_InnerLoop):
             eval_inner_steps=eval_inner_steps,
             inner_lr=inner_lr,
             first_order=first_order,
+            **kwargs,
         )
 
     def task_loss(self, support: Tensor, query: Tensor, n_way: int, steps: int) -> tuple[Tensor, Tensor]:
@@ -314,6 +340,7 @@ class MAML(_InnerLoop):
         eval_inner_steps: int = 10,
         inner_lr: float = 0.1,
         first_order: bool = True,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
             *args,
@@ -321,6 +348,7 @@ class MAML(_InnerLoop):
             eval_inner_steps=eval_inner_steps,
             inner_lr=inner_lr,
             first_order=first_order,
+            **kwargs,
         )
 
     def adapted_params(self) -> dict[str, Tensor]:
@@ -346,8 +374,8 @@ class MAML(_InnerLoop):
 
 @register_learner("classifier")
 class Classifier(Learner):
-    """Standard supervised pre-training: backbone + linear layer over the training classes, cross-entropy on
-    mini-batches. ``classes: K`` trains on the ``K`` classes of :func:`class_subset` (``class_seed``) only.
+    """Standard supervised pre-training: backbone + linear layer over the training classes (or the ``classes: K``
+    subset), cross-entropy on mini-batches.
 
     Row ``i`` of the head is split class ``class_ids[i]``; ``batch_loss`` maps split class ids to rows.
     ``fewshot`` is the ProtoNet rule on the embeddings (the head is not used).
@@ -355,23 +383,13 @@ class Classifier(Learner):
 
     episodic: ClassVar[bool] = False
 
-    def __init__(self, *args: Any, classes: int | None = None, class_seed: int = 0) -> None:
-        super().__init__(*args)
-        self.restricted = classes is not None
-        n = self.n_train_classes
-        ids = torch.arange(n) if classes is None else class_subset(n, classes, class_seed)
-        row_of_class = torch.full((n,), -1, dtype=torch.long)
-        row_of_class[ids] = torch.arange(len(ids))
-        self.register_buffer("class_ids", ids)
-        self.register_buffer("row_of_class", row_of_class)
-        self.head = nn.Linear(self.embedding_dim, len(ids))
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.head = nn.Linear(self.embedding_dim, len(self.class_ids))
 
     def batch_loss(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """Cross-entropy and accuracy of the head; ``labels`` are split class ids from :meth:`train_class_ids`."""
         return _nll_and_accuracy(self.head(self.embed(images)), self.row_of_class[labels])
-
-    def train_class_ids(self) -> Tensor | None:
-        return self.class_ids if self.restricted else None
 
     def classifier(self) -> tuple[Tensor, Tensor, Tensor]:
         return self.head.weight.detach(), self.head.bias.detach(), self.class_ids

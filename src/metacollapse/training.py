@@ -33,6 +33,7 @@ from metacollapse.checkpoints import build_run_learner, checkpoint_name, read_ch
 from metacollapse.data import load_split
 from metacollapse.device import configure, prepare_model, resolve_device, resolve_precision
 from metacollapse.episodes import (
+    EpisodeIndices,
     EpisodeSpec,
     check_spec,
     fixed_episode_indices,
@@ -167,11 +168,11 @@ def train(
     torch.manual_seed(int(spec["seed"]))  # model initialisation
     learner = prepare_model(build_run_learner(spec, n_classes), dev, prec)
     learner.precision = prec
+    class_ids = learner.train_class_ids()
+    class_ids = torch.arange(n_classes, device=dev) if class_ids is None else class_ids
     if learner.episodic:
         train_spec = episode_spec(train_cfg)
-        check_spec(train_spec, n_classes, per_class, f"run {spec['name']!r}: training episodes")
-    class_ids = learner.train_class_ids()
-    class_ids = torch.arange(n_classes) if class_ids is None else class_ids
+        check_spec(train_spec, len(class_ids), per_class, f"run {spec['name']!r}: training episodes")
     optimizer = torch.optim.Adam(
         learner.parameters(), lr=float(train_cfg["lr"]), weight_decay=float(train_cfg.get("weight_decay", 0.0))
     )
@@ -230,7 +231,8 @@ def train(
         shown = time.monotonic()
         learner.train()
         if learner.episodic:
-            indices = sample_episode_indices(n_classes, per_class, train_spec, steps * meta_batch, generator)
+            indices = sample_episode_indices(len(class_ids), per_class, train_spec, steps * meta_batch, generator)
+            indices = EpisodeIndices(class_ids[indices.classes], indices.images)  # positions -> split class ids
         else:
             batch_classes, batch_images = sample_batch_indices(
                 class_ids, per_class, int(train_cfg["batch_size"]), steps, generator
