@@ -4,12 +4,14 @@ Measured in one run and printed together, per backbone:
   1. episodes/s of a full training step (forward, loss, backward, Adam; 60-way 5-shot 5-query) with the split
      resident on the device as uint8 and episodes drawn by indexing, in fp32 and in the default path
      (``precision: auto``: bf16 autocast with channels-last on CPUs with AMX bf16 and on bf16 GPUs, else fp32);
-  2. for Conv-4, a baseline in the style of the original Prototypical Networks loader and of the popular
+  2. where the default path swaps in matrix-product convolutions (ResNet-18 in bf16 on AMX CPUs,
+     :mod:`metacollapse.matmul_conv`), the same path with oneDNN's convolutions everywhere (``onednn``);
+  3. for Conv-4, a baseline in the style of the original Prototypical Networks loader and of the popular
      orobix/prototypical-networks-for-few-shot-learning re-implementation: every episode's 600 images are opened
      from PNG files with PIL, rotated, resized, inverted and stacked in Python, then trained on in fp32;
-  3. peak memory of each path (process peak RSS, reset before the path, on CPU; allocator peak on CUDA);
-  4. feature-embedding throughput (images/s, eval mode, no grad, batches of 1024) in both precisions;
-  5. the share of a default-path training step spent drawing and gathering the episode.
+  4. peak memory of each path (process peak RSS, reset before the path, on CPU; allocator peak on CUDA);
+  5. feature-embedding throughput (images/s, eval mode, no grad, batches of 1024) in both precisions;
+  6. the share of a default-path training step spent drawing and gathering the episode.
 Paths alternate within each round (the order flips every round) so that drift in machine load hits them alike;
 every round is printed, then the medians and the ratios of medians. Each figure also appears as one
 ``RESULT key=value ...`` line; lines with a ``round`` key are single rounds, lines without it are medians.
@@ -42,6 +44,7 @@ from PIL import Image
 from metacollapse.data import download_omniglot, load_split, prepare_splits
 from metacollapse.device import autocast, prepare_model, resolve_precision, to_input
 from metacollapse.episodes import EpisodeSpec, gather_episode, sample_episode_indices, split_to_device
+from metacollapse.matmul_conv import MatmulConv2d
 from metacollapse.models import build_backbone
 from metacollapse.protonet import episode_loss
 
@@ -76,10 +79,13 @@ def peak_memory_mib(device: torch.device) -> float:
 class Runner:
     """One way of running the network: a model in its precision and layout, with its own Adam state."""
 
-    def __init__(self, name: str, backbone: str, device: torch.device, precision: str, compile_model: bool) -> None:
+    def __init__(
+        self, name: str, backbone: str, device: torch.device, precision: str, compile_model: bool, matmul: bool = True
+    ) -> None:
         self.name, self.device, self.precision = name, device, precision
         torch.manual_seed(0)  # every path starts from the same weights
-        self.model = prepare_model(build_backbone({"arch": backbone}), device, precision)
+        self.model = prepare_model(build_backbone({"arch": backbone}), device, precision, matmul_convolutions=matmul)
+        self.matmul_convs = sum(type(m) is MatmulConv2d for m in self.model.modules())
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.forward = torch.compile(self.model) if compile_model else self.model
 
@@ -186,6 +192,9 @@ def bench_backbone(backbone: str, args, device: torch.device, default: str, spli
     }
     sources = Sources(split, class_dirs, spec, device)
     draws = {"fp32": sources.resident, "default": sources.resident}
+    if runners["default"].matmul_convs:  # the default path without matrix-product convolutions, for their effect
+        runners["onednn"] = Runner("onednn", backbone, device, default, compile_model=args.compile, matmul=False)
+        draws["onednn"] = sources.resident
     if backbone == "conv4" and class_dirs:
         runners["baseline"] = Runner("baseline", backbone, device, "fp32", compile_model=False)
         draws["baseline"] = sources.png
@@ -232,6 +241,9 @@ def bench_backbone(backbone: str, args, device: torch.device, default: str, spli
     ratios = {"ratio_default_vs_fp32": med["default"] / med["fp32"]}
     if "baseline" in med:
         ratios["ratio_default_vs_baseline"] = med["default"] / med["baseline"]
+    if "onednn" in med:
+        ratios["ratio_default_vs_onednn"] = med["default"] / med["onednn"]
+        ratios["ratio_onednn_vs_fp32"] = med["onednn"] / med["fp32"]
     result(bench="training", backbone=backbone, **ratios)
     result(bench="embedding", backbone=backbone, ratio_default_vs_fp32=emb["default"] / emb["fp32"])
     result(bench="training", backbone=backbone, path="default", sampling_share=default_drawing / default_seconds)

@@ -65,9 +65,20 @@ def memory_format(precision: str) -> torch.memory_format:
     return torch.channels_last if precision == "bf16" else torch.contiguous_format
 
 
-def prepare_model(model: torch.nn.Module, device: torch.device, precision: str) -> torch.nn.Module:
-    """Move ``model`` to ``device`` in the layout ``precision`` runs fastest in (weights stay float32)."""
-    return model.to(device=device, memory_format=memory_format(precision))
+def prepare_model(
+    model: torch.nn.Module, device: torch.device, precision: str, matmul_convolutions: bool = True
+) -> torch.nn.Module:
+    """Move ``model`` to ``device`` in the layout ``precision`` runs fastest in (weights stay float32).
+
+    In bf16 on CPUs with AMX, plain convolutions also switch to :mod:`metacollapse.matmul_conv` where oneDNN's bf16
+    kernels are slow (``matmul_convolutions=False`` keeps oneDNN everywhere, for comparison).
+    """
+    model = model.to(device=device, memory_format=memory_format(precision))
+    if matmul_convolutions and precision == "bf16" and device.type == "cpu" and cpu_has_bf16_matmul():
+        from metacollapse.matmul_conv import use_matmul_convolutions
+
+        use_matmul_convolutions(model)
+    return model
 
 
 def to_input(images: torch.Tensor, precision: str) -> torch.Tensor:
