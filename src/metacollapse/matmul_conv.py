@@ -10,11 +10,12 @@ several times faster. :func:`use_matmul_convolutions` swaps the product in per l
 weight gradient, input gradient) by the rule of :func:`matmul_passes`; other layers and passes keep oneDNN.
 ``bench/bench_training.py`` measures the effect (its ``onednn`` path runs without the swap).
 
-Numerics: the forward pass and the weight gradient are one bf16 product with fp32 accumulation and one rounding,
-as in oneDNN. The input gradient rounds each of the k*k kernel taps to bf16 and sums them in fp32, where oneDNN
-rounds once: they differ by about one bf16 unit (4e-3 relative). Results are bitwise repeatable on CPU for a
-fixed thread count. Only plain convolutions are swapped: no bias, no groups, no dilation, zero padding, square
-kernel, stride and padding (ResNet's; Conv-4's convolutions have a bias and keep oneDNN).
+Numerics: every pass is a bf16 product with fp32 accumulation and one rounding, as in oneDNN (the input gradient
+of a stride-1 layer is the forward product of the output gradient with the flipped kernel), except the input
+gradient of stride-2 3x3 layers, which rounds each of the 9 kernel taps to bf16 and sums them in fp32: about one
+bf16 unit (4e-3 relative) from oneDNN's. Results are bitwise repeatable on CPU for a fixed thread count.
+Only plain convolutions are swapped: no bias, no groups, no dilation, zero padding, square kernel, stride and
+padding (ResNet's; Conv-4's convolutions have a bias and keep oneDNN).
 """
 
 from __future__ import annotations
@@ -107,8 +108,10 @@ class _MatmulConv(torch.autograd.Function):
         g = _rows(grad_out)  # [N * oh * ow, co]
         co, ci, k, _ = weight.shape
         if need_w and weight_pass:
-            grad_w = (g.T @ cols).view(co, k, k, ci).permute(0, 3, 1, 2)
-        if need_x and data_pass:
+            grad_w = (g.T.contiguous() @ cols).view(co, k, k, ci).permute(0, 3, 1, 2)
+        if need_x and data_pass and s == 1:  # the forward convolution of grad_out with the flipped kernel
+            grad_x = _forward_matmul(grad_out, weight.flip(2, 3).transpose(0, 1), 1, k - 1 - p)
+        elif need_x and data_pass:
             n, _, h, w = x.shape
             oh, ow = grad_out.shape[2:]
             taps = (g @ _weight_matrix(weight)).view(n, oh, ow, k * k, ci)
