@@ -156,6 +156,7 @@ def _plain(conv: nn.Conv2d) -> bool:
         and conv.padding_mode == "zeros"
         and not isinstance(conv.padding, str)
         and square
+        and conv.padding[0] < conv.kernel_size[0]  # the input gradient pads by kernel - 1 - padding
     )
 
 
