@@ -9,9 +9,14 @@ Measured in one run and printed together, per backbone:
   3. for Conv-4, a baseline in the style of the original Prototypical Networks loader and of the popular
      orobix/prototypical-networks-for-few-shot-learning re-implementation: every episode's 600 images are opened
      from PNG files with PIL, rotated, resized, inverted and stacked in Python, then trained on in fp32;
-  4. peak memory of each path (process peak RSS, reset before the path, on CPU; allocator peak on CUDA);
+  4. peak memory of each path in its warm-up (process peak RSS, reset before the path after handing the memory kept
+     by earlier paths back to the kernel, on CPU; allocator peak on CUDA);
   5. feature-embedding throughput (images/s, eval mode, no grad, batches of 1024) in both precisions;
-  6. the share of a default-path training step spent drawing and gathering the episode.
+  6. the share of a default-path training step spent drawing and gathering the episode;
+  7. the device's matrix-product throughput in bf16 and fp32 (2048 x 2048 products): the ceiling on what bf16 can
+     gain over fp32 in steps that are all convolution.
+The process keeps freed memory for reuse, as the pipeline's stages do (``--malloc system`` leaves glibc's default;
+``bench/bench_allocator.py`` compares the two).
 Paths alternate within each round (the order flips every round) so that drift in machine load hits them alike;
 every round is printed, then the medians and the ratios of medians. Each figure also appears as one
 ``RESULT key=value ...`` line; lines with a ``round`` key are single rounds, lines without it are medians.
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
 import platform
 import random
@@ -42,7 +48,7 @@ import torch
 from PIL import Image
 
 from metacollapse.data import download_omniglot, load_split, prepare_splits
-from metacollapse.device import autocast, prepare_model, resolve_precision, to_input
+from metacollapse.device import autocast, keep_freed_memory, prepare_model, resolve_precision, to_input
 from metacollapse.episodes import EpisodeSpec, gather_episode, sample_episode_indices, split_to_device
 from metacollapse.matmul_conv import MatmulConv2d
 from metacollapse.models import build_backbone
@@ -62,6 +68,8 @@ def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return
+    with contextlib.suppress(AttributeError):  # glibc: first hand back the memory earlier paths kept
+        ctypes.CDLL(None).malloc_trim(0)
     with contextlib.suppress(OSError):  # without it, peak_memory_mib reads the process-lifetime maximum
         Path("/proc/self/clear_refs").write_text("5")
 
@@ -162,6 +170,17 @@ def images_per_s(runner: Runner, images: torch.Tensor) -> float:
     return images.shape[0] / (time.perf_counter() - began)
 
 
+def matmul_tflops(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    a @ b
+    synchronize(device)
+    began = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    synchronize(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - began) / 1e12
+
+
 def result(**fields) -> None:
     text = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
     print(f"RESULT {text}", flush=True)
@@ -218,9 +237,7 @@ def bench_backbone(backbone: str, args, device: torch.device, default: str, spli
     for r in range(1, args.rounds + 1):
         order = list(runners) if r % 2 else list(reversed(runners))
         for name in order:
-            reset_peak_memory(device)
             rate, drawing = episodes_per_s(runners[name], draws[name], spec, args.episodes)
-            peaks[name] = max(peaks[name], peak_memory_mib(device))
             if name == "default":
                 default_seconds += args.episodes / rate
                 default_drawing += drawing
@@ -280,10 +297,15 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--compile", action="store_true", help="experiment: torch.compile the default path")
     parser.add_argument("--no-baseline", action="store_true", help="skip the PNG baseline (and extracting PNGs)")
+    parser.add_argument(
+        "--malloc", default="keep", choices=["keep", "system"], help="keep freed memory (as the stages do) or not"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.malloc == "keep" and device.type == "cpu" and not keep_freed_memory():
+        print("note: this C library cannot keep freed memory; running with its default", flush=True)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     default = resolve_precision(args.precision, device)
@@ -304,8 +326,18 @@ def main() -> int:
     )
     result(
         bench="setup", device=device.type, threads=torch.get_num_threads(), default_precision=default,
-        compile=int(args.compile), episodes=args.episodes, rounds=args.rounds, n_way=args.n_way,
+        compile=int(args.compile), episodes=args.episodes, rounds=args.rounds, n_way=args.n_way, malloc=args.malloc,
     )  # fmt: skip
+    ceiling = {dtype: matmul_tflops(device, dtype) for dtype in (torch.float32, torch.bfloat16)}
+    for dtype, tflops in ceiling.items():
+        result(bench="matmul", dtype=str(dtype).removeprefix("torch."), size=2048, tflops=tflops)
+    ratio = ceiling[torch.bfloat16] / ceiling[torch.float32]
+    result(bench="matmul", ratio_bf16_vs_fp32=ratio)
+    print(
+        f"matrix products 2048x2048: fp32 {ceiling[torch.float32]:.3f} TFLOP/s, bf16 {ceiling[torch.bfloat16]:.3f} "
+        f"TFLOP/s ({ratio:.2f}x: the ceiling of bf16's gain on a step that is all convolution)\n",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         array, class_dirs = prepare_data(
             Path(tmp), args.mirror, need_png="conv4" in args.backbones and not args.no_baseline

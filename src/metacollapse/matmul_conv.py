@@ -32,12 +32,12 @@ Passes = tuple[bool, bool, bool]
 def matmul_passes(in_channels: int, out_size: int, kernel: int, stride: int) -> Passes:
     """(forward, weight gradient, input gradient): which passes of a convolution run as a matrix product.
 
-    The rule follows per-layer timings of ResNet-18 on 28x28 inputs: oneDNN's bf16 kernels lose on 1-channel
-    inputs, on outputs of 4x4 or smaller, on 1x1 kernels at 7x7 or smaller, and, for the weight gradient, on
-    1x1 kernels and stride-2 layers with outputs of 7x7 or smaller.
+    The rule follows per-layer timings of ResNet-18 on 28x28 inputs (``docs/performance.md``): oneDNN's bf16
+    kernels lose on 1-channel inputs, on outputs of 4x4 or smaller, on 1x1 kernels at 7x7 or smaller, and, for the
+    weight gradient, on 1x1 kernels and on every output of 7x7 or smaller.
     """
     forward = in_channels == 1 or out_size <= 4 or (kernel == 1 and out_size <= 7)
-    weight = forward or kernel == 1 or (stride == 2 and out_size <= 7)
+    weight = forward or kernel == 1 or out_size <= 7
     data = out_size <= 4 or kernel == 1
     return forward, weight, data
 
@@ -47,16 +47,15 @@ def _out_size(size: int, kernel: int, stride: int, padding: int) -> int:
 
 
 def _im2col(x: Tensor, kernel: int, stride: int, padding: int) -> Tensor:
-    """``x`` [N, C, H, W] -> rows [N * oh * ow, kernel * kernel * C], columns ordered (kh, kw, c)."""
+    """``x`` [N, C, H, W] -> rows [N * oh * ow, kernel * kernel * C], columns ordered (kh, kw, c): one copy."""
     n, c, h, w = x.shape
     oh, ow = _out_size(h, kernel, stride, padding), _out_size(w, kernel, stride, padding)
-    xp = F.pad(x, (padding,) * 4).permute(0, 2, 3, 1)  # NHWC view, free for channels-last input
-    taps = [
-        xp[:, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (ow - 1) + 1 : stride, :]
-        for i in range(kernel)
-        for j in range(kernel)
-    ]
-    return torch.cat(taps, dim=-1).reshape(n * oh * ow, kernel * kernel * c)
+    xp = (F.pad(x, (padding,) * 4) if padding else x).permute(0, 2, 3, 1)  # NHWC view, free for channels-last
+    sn, sh, sw, sc = xp.stride()
+    windows = xp.as_strided(
+        (n, oh, ow, kernel, kernel, c), (sn, stride * sh, stride * sw, sh, sw, sc), xp.storage_offset()
+    )
+    return windows.reshape(n * oh * ow, kernel * kernel * c)
 
 
 def _weight_matrix(weight: Tensor) -> Tensor:
@@ -115,7 +114,7 @@ class _MatmulConv(torch.autograd.Function):
             n, _, h, w = x.shape
             oh, ow = grad_out.shape[2:]
             taps = (g @ _weight_matrix(weight)).view(n, oh, ow, k * k, ci)
-            sums = torch.promote_types(x.dtype, torch.float32)  # taps of bf16 are summed in fp32
+            sums = x.dtype if k == 1 else torch.promote_types(x.dtype, torch.float32)  # overlapping taps: fp32
             padded = torch.zeros(n, h + 2 * p, w + 2 * p, ci, dtype=sums, device=x.device)
             for t in range(k * k):
                 i, j = divmod(t, k)
