@@ -1,4 +1,4 @@
-"""Where and in what precision the networks run: device choice, bf16 autocast, threads, determinism.
+"""Where and in what precision the networks run: device choice, bf16 autocast, threads, memory, determinism.
 
 Training, validation, evaluation and feature embedding all go through :func:`autocast` and :func:`to_input`, so
 one switch (``precision``) decides the arithmetic of every forward pass. Only the backbone's convolutions and
