@@ -96,9 +96,9 @@ def keep_freed_memory() -> bool:
     per step in bf16 and 9 GB in fp32 (activations, im2col columns, oneDNN's reorders). glibc serves every block
     over 32 MiB with its own mmap and unmaps it when freed, so each step faults all of it in again: 1-3 s of kernel
     time per ResNet-18 step on 2 cores, in both precisions. With mmap off (``M_MMAP_MAX`` 0) and the heap never
-    trimmed (``M_TRIM_THRESHOLD``), blocks come from the heap and are reused from the second step on; the process
-    keeps its peak footprint, as CUDA's caching allocator does. Numbers are bitwise unchanged. ``bench/
-    bench_allocator.py`` measures the effect. No-op off Linux glibc.
+    trimmed (``M_TRIM_THRESHOLD``), blocks come from the heap and, once a step's pattern settles (2-3 steps), are
+    reused; the process keeps its peak footprint, as CUDA's caching allocator does. Numbers are bitwise unchanged.
+    ``bench/bench_allocator.py`` measures the effect. No-op off Linux glibc.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False

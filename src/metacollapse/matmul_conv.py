@@ -29,7 +29,7 @@ from torch import Tensor, nn
 Passes = tuple[bool, bool, bool]
 
 
-def matmul_passes(in_channels: int, out_size: int, kernel: int, stride: int) -> Passes:
+def matmul_passes(in_channels: int, out_size: int, kernel: int) -> Passes:
     """(forward, weight gradient, input gradient): which passes of a convolution run as a matrix product.
 
     The rule follows per-layer timings of ResNet-18 on 28x28 inputs (``docs/performance.md``): oneDNN's bf16
@@ -133,7 +133,7 @@ class MatmulConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
-        passes = matmul_passes(self.in_channels, _out_size(x.shape[2], k, s, p), k, s)
+        passes = matmul_passes(self.in_channels, _out_size(x.shape[2], k, s, p), k)
         if not any(passes):
             return super().forward(x)
         device = x.device.type
