@@ -2,7 +2,7 @@
 
 from metacollapse.estimate import QUIET_BELOW_STEPS, estimate
 
-TRAIN = {"n_way": 5, "n_support": 2, "n_query": 2, "episodes_per_epoch": 100, "epochs": 100}
+TRAIN = {"n_way": 5, "n_support": 2, "n_query": 2, "steps_per_epoch": 100, "epochs": 100}
 
 
 def plan(*epochs):
@@ -21,5 +21,5 @@ def test_a_long_cpu_plan_is_timed_here_and_the_presets_are_named():
 
 
 def test_a_small_plan_or_nothing_to_train_says_nothing():
-    assert estimate(plan(1)) is None and TRAIN["episodes_per_epoch"] < QUIET_BELOW_STEPS
+    assert estimate(plan(1)) is None and TRAIN["steps_per_epoch"] < QUIET_BELOW_STEPS
     assert estimate(plan()) is None

@@ -10,6 +10,7 @@ import torch
 
 from metacollapse.checkpoints import CheckpointError, load_learner
 from metacollapse.data import load_split
+from metacollapse.device import setup
 from metacollapse.evaluation import evaluate
 from metacollapse.features import QUERY, SUPPORT, features_stage, load_probes, make_probes
 from metacollapse.training import train
@@ -28,7 +29,7 @@ SPEC = {
         "n_way": 5,
         "n_support": 2,
         "n_query": 2,
-        "episodes_per_epoch": 5,
+        "steps_per_epoch": 5,
         "epochs": 2,
         "lr": 1e-3,
         "lr_decay_every": 1,
@@ -40,7 +41,7 @@ SPEC = {
 
 @pytest.fixture
 def trained(synthetic_data, tmp_path):
-    train(SPEC, synthetic_data, tmp_path / "run", device="cpu", precision="fp32")
+    train(SPEC, synthetic_data, tmp_path / "run", setup("cpu", "fp32"))
     return tmp_path / "run" / "checkpoints"
 
 
@@ -48,7 +49,7 @@ def dump(synthetic_data, trained, tmp_path, probes=PROBES, epochs=(2,), spec=SPE
     make_probes(probes, 5, synthetic_data, tmp_path / "probes.npz")
     outs = [tmp_path / f"epoch_{e:03d}.npz" for e in epochs]
     checkpoints = [trained / f"epoch_{e:03d}.pt" for e in epochs]
-    features_stage(spec, checkpoints, tmp_path / "probes.npz", synthetic_data, outs, device="cpu", precision="fp32")
+    features_stage(spec, checkpoints, tmp_path / "probes.npz", synthetic_data, outs, setup("cpu", "fp32"))
     return [dict(np.load(out)) for out in outs]
 
 
@@ -165,7 +166,7 @@ def test_fewshot_evaluation_is_deterministic_and_well_above_chance(synthetic_dat
         "episodes": 20,
         "seed": 3,
     }
-    a, b = evaluate(learner, split, params, SPEC), evaluate(learner, split, params, SPEC)
+    a, b = evaluate(learner, split, params, SPEC, "test"), evaluate(learner, split, params, SPEC, "test")
     assert a.equals(b) and (a["run"] == "small").all()
     assert (a["accuracy"] > 0.35).all()  # chance is 0.2 after 10 training episodes of a width-16 Conv-4
     assert a["accuracy"].iloc[1] > a["accuracy"].iloc[0]  # 5 shots beat 1

@@ -23,7 +23,7 @@ TARGET = "results/conv4/train_log.csv"
 
 def write_resume_config(workdir):
     """An overlay of the quick preset with enough Conv-4 epochs to be killed in the middle."""
-    overlay = {"epochs": EPOCHS, "defaults": {"train": {"episodes_per_epoch": 6}}}
+    overlay = {"epochs": EPOCHS, "defaults": {"train": {"steps_per_epoch": 6}}}
     (workdir / "config" / "resume.yaml").write_text(yaml.safe_dump(overlay))
 
 
@@ -43,15 +43,16 @@ def test_sigkilled_snakemake_run_resumes_and_matches_an_uninterrupted_run(quick_
         start_new_session=True,
     )
     deadline = time.monotonic() + 600
-    while not (state / "epoch_002.pt").exists():
+    while not list(state.glob("*/epoch_002.pt")):
         assert process.poll() is None, (workdir / "killed_run.err").read_text()[-3000:]
         assert time.monotonic() < deadline, "training never reached epoch 2"
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    done_before = sorted(p.name for p in state.glob("epoch_*.pt"))
+    done_before = sorted(p.name for p in state.glob("*/epoch_*.pt"))
     assert "epoch_002.pt" in done_before and f"epoch_{EPOCHS:03d}.pt" not in done_before
-    resume_epoch = torch.load(state / "resume.pt", weights_only=True)["epoch"]  # the kill may precede epoch 2's
+    newest = sorted(state.glob("*/resume_*.pt"))[-1]  # the kill may precede epoch 2's resume state
+    resume_epoch = torch.load(newest, weights_only=True)["epoch"]
     assert resume_epoch >= 1
     assert not (workdir / TARGET).exists()
 

@@ -39,7 +39,7 @@ SLURM_SCRIPTS = REPO / "tests" / "slurm"
 # src/metacollapse: the workflow hashes each stage's modules from the checkout beside the Snakefile.
 WORKFLOW_FILES = ["Snakefile", "workflow", "config", "data/splits", "src/metacollapse"]
 # Wall-clock columns: the only things allowed to differ between two runs.
-TIMING_KEYS = {"seconds", "episodes_per_s"}
+TIMING_KEYS = {"seconds", "steps_per_s"}
 # What the workflow writes (besides data/ and logs/): results and the DVC metrics and plots.
 OUTPUT_DIRS = ("results", "reports")
 # Environment that would steer the profile or the plugin away from the test cluster.

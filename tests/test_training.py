@@ -2,6 +2,7 @@
 
 import errno
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import torch
 import metacollapse
 from metacollapse.atomic import atomic_path
 from metacollapse.checkpoints import CheckpointError, load_learner, read_checkpoint
+from metacollapse.device import setup
 from metacollapse.training import LOG_COLUMNS, TIMING_COLUMNS, train
 
 TRAIN = {
@@ -19,7 +21,7 @@ TRAIN = {
     "n_way": 10,
     "n_support": 3,
     "n_query": 3,
-    "episodes_per_epoch": 8,
+    "steps_per_epoch": 8,
     "epochs": 3,
     "lr": 1e-3,
     "lr_decay_every": 2,
@@ -40,8 +42,13 @@ def spec(name="run", learner="protonet", epochs=3, learner_options=None, **train
     }
 
 
-def fit(data, out, run_spec, precision="fp32", **kw):
-    return train(run_spec, data, out, device="cpu", precision=precision, **kw)
+def fit(data, out, run_spec, precision="fp32", deterministic=False):
+    return train(run_spec, data, out, setup("cpu", precision, deterministic=deterministic))
+
+
+def state_files(out, pattern):
+    """Files of the run's training state (one folder per configuration under ``train_state/``)."""
+    return sorted(p.name for p in (out / "train_state").glob(f"*/{pattern}"))
 
 
 def weights(path):
@@ -60,7 +67,9 @@ def test_training_lowers_the_loss_and_keeps_every_epoch_from_the_untrained_one(s
     assert log["lr"].iloc[1:].tolist() == pytest.approx([1e-3, 1e-3, 5e-4])  # halved after every 2 epochs
     assert (log["precision"] == "fp32").all() and (log["dim"] == 16).all()
     assert pd.read_csv(tmp_path / "run" / "train_log.csv")["epoch"].tolist() == [0, 1, 2, 3]
-    assert not (tmp_path / "run" / "train_state").exists()  # the resume state is gone once published
+    # once published, the run's state keeps the same weights (hard links) and its log, but no resume states
+    assert state_files(tmp_path / "run", "epoch_*.pt") == [f"epoch_00{e}.pt" for e in range(4)]
+    assert state_files(tmp_path / "run", "resume_*.pt") == []
 
 
 def test_an_episodic_learner_on_a_class_subset_draws_its_episodes_from_those_classes(
@@ -78,7 +87,7 @@ def test_an_episodic_learner_on_a_class_subset_draws_its_episodes_from_those_cla
     monkeypatch.setattr(training, "gather_episode", recording_gather)
     run = spec(learner="protonet_head", epochs=1, learner_options={"classes": 12, "class_seed": 3})
     fit(synthetic_data, tmp_path / "run", run)
-    assert len(seen) == TRAIN["episodes_per_epoch"]
+    assert len(seen) == TRAIN["steps_per_epoch"]
     # 80 draws of 10 classes from 12: every class of the subset comes up, and none of the other 18
     assert torch.equal(torch.cat(seen).unique(), class_subset(30, 12, 3))
     learner, _ = load_learner(tmp_path / "run" / "checkpoints" / "epoch_001.pt", run)
@@ -134,11 +143,79 @@ def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(
         interrupt_at_epoch(patch, 3)
         with pytest.raises(KeyboardInterrupt):
             fit(synthetic_data, tmp_path / "part", spec(learner=learner), precision)
-    assert sorted(p.name for p in (tmp_path / "part" / "train_state").glob("epoch_*.pt"))[-1] == "epoch_002.pt"
+    assert state_files(tmp_path / "part", "epoch_*.pt")[-1] == "epoch_002.pt"
     resumed = fit(synthetic_data, tmp_path / "part", spec(learner=learner), precision)
     pd.testing.assert_frame_equal(full.drop(columns=list(TIMING_COLUMNS)), resumed.drop(columns=list(TIMING_COLUMNS)))
     a, b = weights(tmp_path / "full/checkpoints/epoch_003.pt"), weights(tmp_path / "part/checkpoints/epoch_003.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_stopped_during_epoch_1_resumes_from_the_saved_epoch_0(synthetic_data, tmp_path, monkeypatch, caplog):
+    full = fit(synthetic_data, tmp_path / "full", spec(epochs=2))
+    with monkeypatch.context() as patch:
+        interrupt_at_epoch(patch, 1)
+        with pytest.raises(KeyboardInterrupt):
+            fit(synthetic_data, tmp_path / "part", spec(epochs=2))
+    with caplog.at_level("INFO", logger="metacollapse.training"):
+        resumed = fit(synthetic_data, tmp_path / "part", spec(epochs=2))
+    assert "resuming run run from epoch 0 of 2" in caplog.text
+    pd.testing.assert_frame_equal(full.drop(columns=list(TIMING_COLUMNS)), resumed.drop(columns=list(TIMING_COLUMNS)))
+
+
+def test_a_damaged_newest_epoch_falls_back_to_the_state_before_it(synthetic_data, tmp_path, monkeypatch, caplog):
+    full = fit(synthetic_data, tmp_path / "full", spec())
+    with monkeypatch.context() as patch:
+        interrupt_at_epoch(patch, 3)
+        with pytest.raises(KeyboardInterrupt):
+            fit(synthetic_data, tmp_path / "part", spec())
+    (newest,) = (tmp_path / "part" / "train_state").glob("*/epoch_002.pt")
+    newest.write_bytes(newest.read_bytes()[:5000])  # truncated, as a full disk or a kill mid-copy leaves it
+    with caplog.at_level("INFO", logger="metacollapse"):
+        resumed = fit(synthetic_data, tmp_path / "part", spec())
+    assert "resuming run run from epoch 1 of 3" in caplog.text
+    pd.testing.assert_frame_equal(full.drop(columns=list(TIMING_COLUMNS)), resumed.drop(columns=list(TIMING_COLUMNS)))
+    a, b = weights(tmp_path / "full/checkpoints/epoch_003.pt"), weights(tmp_path / "part/checkpoints/epoch_003.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def forget_outputs(out):
+    """What Snakemake does before it reruns a job: delete its declared outputs."""
+    shutil.rmtree(out / "checkpoints")
+    (out / "train_log.csv").unlink()
+
+
+def test_a_failed_retrain_loses_nothing_and_the_old_configuration_comes_back_without_training(
+    synthetic_data, tmp_path, monkeypatch, caplog
+):
+    out = tmp_path / "run"
+    first = fit(synthetic_data, out, spec())
+    before = weights(out / "checkpoints" / "epoch_003.pt")
+    forget_outputs(out)
+    with monkeypatch.context() as patch:  # an edited config whose retrain dies
+        interrupt_at_epoch(patch, 2)
+        with pytest.raises(KeyboardInterrupt):
+            fit(synthetic_data, out, spec(lr=1e-2))
+    assert len(list((out / "train_state").iterdir())) == 2  # the finished run and the interrupted one
+    with monkeypatch.context() as patch, caplog.at_level("INFO", logger="metacollapse.training"):
+        patch.setattr("metacollapse.training.setup", lambda *a: pytest.fail("the finished run was trained again"))
+        again = fit(synthetic_data, out, spec())  # the edit reverted
+    assert "already finished" in caplog.text
+    pd.testing.assert_frame_equal(first, again)
+    after = weights(out / "checkpoints" / "epoch_003.pt")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert len(list((out / "train_state").iterdir())) == 1  # the abandoned configuration's state is gone
+
+
+def test_a_finished_replacement_supersedes_the_old_state(synthetic_data, tmp_path):
+    out = tmp_path / "run"
+    fit(synthetic_data, out, spec())
+    (old,) = (out / "train_state").iterdir()
+    forget_outputs(out)
+    fit(synthetic_data, out, spec(lr=1e-2))
+    (new,) = (out / "train_state").iterdir()
+    assert new != old and pd.read_csv(out / "train_log.csv")["lr"].iloc[1] == pytest.approx(1e-2)
+    published = out / "checkpoints" / "epoch_003.pt"
+    assert published.stat().st_ino == (new / "epoch_003.pt").stat().st_ino  # a hard link, not a second copy
 
 
 def test_bf16_training_is_repeatable_and_close_to_fp32(synthetic_data, tmp_path):
@@ -200,7 +277,7 @@ def test_progress_lines_go_to_the_log_and_leave_the_numbers_alone(synthetic_data
 def test_asking_for_cuda_without_one_is_an_error(synthetic_data, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="no CUDA device"):
-        train(spec(epochs=1), synthetic_data, tmp_path / "run", device="cuda")
+        setup("cuda")
 
 
 def test_a_shorter_rerun_leaves_no_checkpoints_of_the_longer_one(synthetic_data, tmp_path):

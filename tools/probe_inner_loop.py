@@ -13,11 +13,10 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from metacollapse.checkpoints import load_learner, read_checkpoint
 from metacollapse.data import load_split
-from metacollapse.device import configure, prepare_model, resolve_precision
+from metacollapse.device import setup
 from metacollapse.episodes import EpisodeSpec, fixed_episode_indices, split_to_device
 from metacollapse.evaluation import score_episodes
 
@@ -25,14 +24,11 @@ SETTINGS = ((5, 1), (5, 5), (20, 5))
 
 
 def probe(workdir: Path, run: str, episodes: int, seed: int = 2000) -> pd.DataFrame:
-    configure(1)
-    cpu = torch.device("cpu")
     checkpoints = sorted((workdir / "results" / run / "checkpoints").glob("epoch_*.pt"))
     spec = read_checkpoint(checkpoints[-1])["spec"]
-    learner, _ = load_learner(checkpoints[-1], spec, cpu, epoch=int(spec["train"]["epochs"]))
-    learner.precision = resolve_precision("auto", cpu)
-    learner = prepare_model(learner, cpu, learner.precision)
-    split = split_to_device(load_split(workdir / "data" / "processed", "test")[0], cpu)
+    runtime = setup("cpu", "auto", arch=spec["backbone"]["arch"], threads=1)
+    learner, _ = load_learner(checkpoints[-1], spec, runtime, epoch=int(spec["train"]["epochs"]))
+    split = split_to_device(load_split(workdir / "data" / "processed", "test")[0], runtime.device)
     steps, lr = learner.eval_inner_steps, learner.inner_lr
     loops = [(steps, lr), (steps, lr / 4), (1, lr), (2 * steps, lr)]
     rows = []

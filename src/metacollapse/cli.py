@@ -54,18 +54,25 @@ def cmd_data_info(args: argparse.Namespace) -> None:
     print(json.dumps(data_info(args.processed_dir), indent=2, sort_keys=True))
 
 
+def _runtime(args: argparse.Namespace):
+    """The runtime of a torch stage, decided once from its options and the run's backbone."""
+    from metacollapse.device import setup
+
+    arch = args.spec["backbone"].get("arch") if isinstance(args.spec.get("backbone"), dict) else None
+    deterministic = getattr(args, "deterministic", False)
+    return setup(args.device, args.precision, arch=arch, threads=args.threads, deterministic=deterministic)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from metacollapse.training import train
 
-    train(args.spec, args.data_dir, args.out_dir, args.device, args.precision, args.deterministic, args.threads)
+    train(args.spec, args.data_dir, args.out_dir, _runtime(args))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from metacollapse.evaluation import evaluate_run
 
-    evaluate_run(
-        args.spec, args.checkpoint, args.data_dir, args.out, args.params, args.device, args.precision, args.threads
-    )
+    evaluate_run(args.spec, args.checkpoint, args.data_dir, args.out, args.params, _runtime(args))
 
 
 def cmd_make_probes(args: argparse.Namespace) -> None:
@@ -77,9 +84,7 @@ def cmd_make_probes(args: argparse.Namespace) -> None:
 def cmd_features(args: argparse.Namespace) -> None:
     from metacollapse.features import features_stage
 
-    features_stage(
-        args.spec, args.checkpoints, args.probes, args.data_dir, args.out, args.device, args.precision, args.threads
-    )
+    features_stage(args.spec, args.checkpoints, args.probes, args.data_dir, args.out, _runtime(args))
 
 
 def cmd_nc(args: argparse.Namespace) -> None:
@@ -113,7 +118,7 @@ def cmd_estimate(args: argparse.Namespace) -> None:
     from metacollapse.estimate import estimate
 
     text = args.plan if args.plan is not None else os.environ.get("METACOLLAPSE_PLAN", "")
-    warning = estimate(_json_arg(text)) if text else None
+    warning = estimate(_json_arg(text), budget_s=args.budget) if text else None
     if warning:
         print(warning, file=sys.stderr)
 
@@ -208,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("estimate", cmd_estimate, "On a CPU, estimate the training time of a plan and name the CPU presets.")
     p.add_argument("--plan", default=None, help='JSON {"runs", "device", "precision"} (default: $METACOLLAPSE_PLAN)')
+    p.add_argument("--budget", type=float, default=120.0, help="seconds of timing at most (default 120)")
     return parser
 
 
@@ -227,6 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Expected failures (bad data, bad checkpoint, bad config) are one readable line; -v shows the traceback.
         print(f"metacollapse {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"metacollapse {args.command}: interrupted; run it again to continue (training resumes)", file=sys.stderr)
+        return 130
     return 0
 
 

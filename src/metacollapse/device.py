@@ -1,9 +1,8 @@
-"""Where and in what precision the networks run: device choice, bf16 autocast, threads, memory, determinism.
+"""Where and in what arithmetic a stage runs: device, precision (bf16 autocast or fp32), threads, determinism.
 
-Training, validation, evaluation and feature embedding all go through :func:`autocast` and :func:`to_input`, so
-one switch (``precision``) decides the arithmetic of every forward pass. Only the backbone's convolutions and
-matrix products run in bf16; losses, distances and everything the NC metrics see are cast back to float32 by the
-caller (and NC itself is float64).
+A stage decides these once (:func:`setup`) and passes the :class:`Runtime` down; every forward pass goes through
+:meth:`Runtime.autocast` and :func:`to_input`. Only the backbone's convolutions and matrix products run in bf16;
+losses, distances and features are float32 (and NC float64). Measured speeds: ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ import ctypes
 import functools
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,38 +21,59 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when available; asking for ``cuda`` without one is an error, not a silent CPU run."""
+    """``auto`` picks CUDA when available; asking for a CUDA device this machine lacks is an error, not a CPU run."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} was requested but torch sees no CUDA device")
     if device != "cpu" and not device.startswith("cuda"):
         raise ValueError(f"device must be auto, cpu or cuda[:N], got {device!r}")
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise RuntimeError(f"device={device!r} was requested but torch sees no CUDA device")
+        index = torch.device(device).index
+        if index is not None and index >= count:
+            raise RuntimeError(f"device={device!r} was requested but this machine has {count} CUDA device(s)")
     return torch.device(device)
 
 
 @functools.cache
-def cpu_has_bf16_matmul() -> bool:
-    """True on x86 CPUs with AMX bf16 tiles (``amx_bf16`` in /proc/cpuinfo), where oneDNN's bf16 kernels are fast.
-
-    AVX-512 bf16 alone converts quickly but multiplies no faster than fp32, so it does not count.
-    """
+def _cpu_flags() -> frozenset[str]:
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    return " amx_bf16" in flags
+        return frozenset()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return frozenset(line.partition(":")[2].split())
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 on CUDA GPUs that support it and on CPUs with bf16 matrix units, fp32 elsewhere."""
+def cpu_has_bf16_matmul() -> bool:
+    """True on x86 CPUs with AMX bf16 tiles, where oneDNN's bf16 kernels are fast."""
+    return "amx_bf16" in _cpu_flags()
+
+
+def auto_precision(device: torch.device, arch: str | None = None) -> str:
+    """What ``precision: auto`` runs ``arch`` in on ``device``: the faster one where it was measured, else fp32.
+
+    CUDA: fp32 for Conv-4 (its steps are bound by kernel launches, and bf16's casts cost more than they save),
+    bf16 for larger backbones. CPUs with AMX: bf16. CPUs with AVX512-BF16 but no AMX (AMD Zen 4): bf16 for
+    Conv-4 only (ResNet-18 is unmeasured there). The measurements behind each entry: ``docs/performance.md``.
+    """
+    if device.type == "cuda":
+        if not torch.cuda.is_bf16_supported():
+            return "fp32"
+        return "fp32" if arch == "conv4" else "bf16"
+    if cpu_has_bf16_matmul():
+        return "bf16"
+    if "avx512_bf16" in _cpu_flags() and arch == "conv4":
+        return "bf16"
+    return "fp32"
+
+
+def resolve_precision(precision: str, device: torch.device, arch: str | None = None) -> str:
+    """``fp32`` or ``bf16``: as asked, or for ``auto`` what :func:`auto_precision` picks for ``arch``."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_bf16_matmul() else "fp32"
+    return auto_precision(device, arch) if precision == "auto" else precision
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -90,15 +111,11 @@ def to_input(images: torch.Tensor, precision: str) -> torch.Tensor:
 
 @functools.cache
 def keep_freed_memory() -> bool:
-    """Have glibc's malloc keep freed memory for reuse instead of handing it back to the kernel; True if it does.
+    """Have glibc's malloc keep freed memory for reuse instead of unmapping it; True if it does.
 
-    A training step allocates and frees gigabytes: ResNet-18 on 600 28x28 images touches 1.8 GB of fresh pages
-    per step in bf16 and 9 GB in fp32 (activations, im2col columns, oneDNN's reorders). glibc serves every block
-    over 32 MiB with its own mmap and unmaps it when freed, so each step faults all of it in again: 1-3 s of kernel
-    time per ResNet-18 step on 2 cores, in both precisions. With mmap off (``M_MMAP_MAX`` 0) and the heap never
-    trimmed (``M_TRIM_THRESHOLD``), blocks come from the heap and, once a step's pattern settles (2-3 steps), are
-    reused; the process keeps its peak footprint, as CUDA's caching allocator does. Numbers are bitwise unchanged.
-    ``bench/bench_allocator.py`` measures the effect. No-op off Linux glibc.
+    A training step frees and reallocates gigabytes; by default glibc unmaps every block over 32 MiB, so each step
+    page-faults its memory in again (``docs/performance.md``, "Freed memory"). With mmap off and the heap never
+    trimmed, blocks are reused and the process keeps its peak footprint. Numbers are bitwise unchanged.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
@@ -123,3 +140,36 @@ def configure(threads: int | None = None, deterministic: bool = False) -> None:
     torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The device and the resolved precision one run's networks use in a stage."""
+
+    device: torch.device
+    precision: str  # "fp32" or "bf16", never "auto"
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return autocast(self.device, self.precision)
+
+    def place(self, learner: torch.nn.Module) -> torch.nn.Module:
+        """``learner`` on the device, in the layout and precision of this runtime (the one place that sets them)."""
+        learner.precision = self.precision
+        return prepare_model(learner, self.device, self.precision)
+
+    def describe(self) -> str:
+        return f"{self.device.type}/{self.precision}"
+
+
+def setup(
+    device: str = "auto",
+    precision: str = "auto",
+    *,
+    arch: str | None = None,
+    threads: int | None = None,
+    deterministic: bool = False,
+) -> Runtime:
+    """Configure this process (:func:`configure`) and decide where and how ``arch`` runs, once per stage."""
+    configure(threads, deterministic)
+    dev = resolve_device(device)
+    return Runtime(dev, resolve_precision(precision, dev, arch))

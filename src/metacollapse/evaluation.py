@@ -19,12 +19,22 @@ import pandas as pd
 import torch
 
 from metacollapse.atomic import atomic_path
-from metacollapse.episodes import EpisodeIndices, EpisodeSpec, check_spec, fixed_episode_indices, gather_episode
+from metacollapse.checkpoints import load_learner
+from metacollapse.data import load_split
+from metacollapse.device import Runtime
+from metacollapse.episodes import (
+    EpisodeIndices,
+    EpisodeSpec,
+    check_spec,
+    fixed_episode_indices,
+    gather_episode,
+    split_to_device,
+)
 from metacollapse.runs import RUN_COLUMNS, run_columns
 
 log = logging.getLogger(__name__)
 
-EVAL_COLUMNS = (*RUN_COLUMNS, "n_way", "n_shot", "n_query", "episodes", "accuracy", "ci95")
+EVAL_COLUMNS = (*RUN_COLUMNS, "split", "n_way", "n_shot", "n_query", "episodes", "accuracy", "ci95")
 LOG_PROGRESS_EVERY = 30.0
 
 
@@ -56,20 +66,21 @@ def score_episodes(
 
 
 def evaluate(
-    learner: torch.nn.Module, split: torch.Tensor, params: Mapping[str, Any], spec: Mapping[str, Any]
+    learner: torch.nn.Module, split: torch.Tensor, params: Mapping[str, Any], spec: Mapping[str, Any], split_name: str
 ) -> pd.DataFrame:
-    """One row per setting of ``params`` (the config's ``evaluate`` section); setting i uses seed ``seed + i``."""
+    """One row per setting of ``params`` (settings, n_query, episodes, seed); setting i uses seed ``seed + i``."""
     rows: list[dict[str, Any]] = []
     n_query, episodes = int(params["n_query"]), int(params["episodes"])
     for i, setting in enumerate(params["settings"]):
         episode = EpisodeSpec(int(setting["n_way"]), int(setting["n_shot"]), n_query)
-        what = f"run {spec['name']}: {episode.n_way}-way {episode.n_support}-shot"
+        what = f"run {spec['name']}: {split_name} {episode.n_way}-way {episode.n_support}-shot"
         check_spec(episode, split.shape[0], split.shape[1], what)
         indices = fixed_episode_indices(split.shape[0], split.shape[1], episode, episodes, int(params["seed"]) + i)
         accuracies = score_episodes(learner, split, episode, indices, what)[1].double().cpu()
         std = float(accuracies.std(unbiased=True)) if episodes > 1 else math.nan
         row = {
             **run_columns(spec),
+            "split": split_name,
             "n_way": episode.n_way,
             "n_shot": episode.n_support,
             "n_query": n_query,
@@ -82,29 +93,29 @@ def evaluate(
     return pd.DataFrame(rows, columns=list(EVAL_COLUMNS))
 
 
+def evaluation_blocks(params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The config's ``evaluate`` section as blocks of one split each: the novel classes, then the far domain
+    (``far``, whose missing keys are the section's own)."""
+    main = {k: v for k, v in params.items() if k != "far"}
+    far = params.get("far")
+    return [main] + ([{**main, **far}] if far else [])
+
+
 def evaluate_run(
     spec: Mapping[str, Any],
     checkpoint: Path,
     data_dir: Path,
     out: Path,
     params: Mapping[str, Any],
-    device: str = "auto",
-    precision: str = "auto",
-    threads: int | None = None,
+    runtime: Runtime,
 ) -> pd.DataFrame:
     """The evaluation stage: few-shot accuracy of run ``spec``'s final checkpoint, written to ``out``."""
-    from metacollapse.checkpoints import load_learner
-    from metacollapse.data import load_split
-    from metacollapse.device import configure, prepare_model, resolve_device, resolve_precision
-    from metacollapse.episodes import split_to_device
-
-    configure(threads)
-    dev = resolve_device(device)
-    learner, _ = load_learner(checkpoint, spec, dev, epoch=int(spec["train"]["epochs"]))
-    learner.precision = resolve_precision(precision, dev)
-    learner = prepare_model(learner, dev, learner.precision)
-    split = split_to_device(load_split(Path(data_dir), params["split"])[0], dev)
-    frame = evaluate(learner, split, params, spec)
+    learner, _ = load_learner(checkpoint, spec, runtime, epoch=int(spec["train"]["epochs"]))
+    frames = []
+    for block in evaluation_blocks(params):
+        split = split_to_device(load_split(Path(data_dir), block["split"])[0], runtime.device)
+        frames.append(evaluate(learner, split, block, spec, block["split"]))
+    frame = pd.concat(frames, ignore_index=True)
     with atomic_path(out) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.9g")
     return frame

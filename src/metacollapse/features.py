@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from metacollapse.atomic import atomic_path, read_npz
+from metacollapse.device import Runtime
 from metacollapse.episodes import EpisodeIndices, EpisodeSpec, check_spec, fixed_episode_indices
 from metacollapse.learners import Learner
 from metacollapse.runs import run_columns
@@ -186,20 +187,15 @@ def features_stage(
     probes_path: Path,
     data_dir: Path,
     outs: Sequence[Path],
-    device: str = "auto",
-    precision: str = "auto",
-    threads: int | None = None,
+    runtime: Runtime,
 ) -> None:
     """The features stage: one run's feature dump for every listed epoch, in one process (splits loaded once)."""
     from metacollapse.checkpoints import load_learner
     from metacollapse.data import load_split
-    from metacollapse.device import configure, prepare_model, resolve_device, resolve_precision
 
     if len(checkpoints) != len(outs):
         raise ValueError(f"{len(checkpoints)} checkpoints but {len(outs)} output paths")
-    configure(threads)
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
+    dev = runtime.device
     probe_spec, indices = load_probes(Path(probes_path))
     probes = probe_spec["probes"]
     splits = {
@@ -208,9 +204,8 @@ def features_stage(
     }
     began = time.perf_counter()
     for i, (checkpoint, out) in enumerate(zip(checkpoints, outs, strict=True)):
-        learner, ckpt = load_learner(Path(checkpoint), spec, dev)
-        learner.precision = prec
-        dump_features(prepare_model(learner, dev, prec), spec, int(ckpt["epoch"]), probes, indices, splits, Path(out))
+        learner, ckpt = load_learner(Path(checkpoint), spec, runtime)
+        dump_features(learner, spec, int(ckpt["epoch"]), probes, indices, splits, Path(out))
         log.info(
             "run %s: features of epoch %d -> %s (%d/%d, %.1fs)",
             spec["name"],

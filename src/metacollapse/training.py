@@ -1,16 +1,9 @@
-"""The training stage: one run's learner, trained for the configured epochs, with exact resume.
+"""The training stage: one run trained for its epochs, resumable at every epoch, and never lost to a failed retrain.
 
-Leaves ``<out_dir>/checkpoints/epoch_NNN.pt`` for epochs 0 (the untrained network) to ``epochs`` (weights only,
-:mod:`metacollapse.checkpoints`) and ``<out_dir>/train_log.csv``.
-
-Resume. Snakemake deletes a job's declared outputs before it reruns the job, so they cannot be what a restarted
-job resumes from. While it trains, the stage keeps everything in the undeclared folder ``<out_dir>/train_state/``:
-each epoch's weights, and one rolling ``resume.pt`` with what only resuming needs (optimizer, scheduler, RNG
-states, the log so far). When all epochs exist they are published (linked into ``checkpoints/``, then the
-state folder is removed, so no file is shared with it afterwards). A job killed at any point restarts from the
-last epoch in ``resume.pt`` if that state was made by the same run spec, data, device type and precision (a
-fingerprint); otherwise the state is discarded. All randomness comes from generators whose states are saved with
-each epoch, so a resumed run ends bitwise equal to an uninterrupted one on CPU (timing columns excepted).
+Writes ``<out_dir>/checkpoints/epoch_NNN.pt`` for epochs 0 (the untrained network) to ``epochs`` and
+``<out_dir>/train_log.csv``, published from the run's :class:`~metacollapse.checkpoints.RunStore`. All randomness
+comes from generators whose states are saved with each epoch, so a resumed run ends bitwise equal to an
+uninterrupted one on CPU (timing columns excepted).
 """
 
 from __future__ import annotations
@@ -18,20 +11,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
-from metacollapse.atomic import atomic_path, remove_temp_files, sha256_file
-from metacollapse.checkpoints import build_run_learner, checkpoint_name, read_checkpoint, save_weights
+from metacollapse.atomic import sha256_file
+from metacollapse.checkpoints import RunStore, build_run_learner, read_checkpoint
 from metacollapse.data import load_split
-from metacollapse.device import configure, prepare_model, resolve_device, resolve_precision
+from metacollapse.device import Runtime
 from metacollapse.episodes import (
     EpisodeIndices,
     EpisodeSpec,
@@ -50,7 +42,6 @@ from metacollapse.runs import check_spec as check_run_spec
 
 log = logging.getLogger(__name__)
 
-RESUME_FORMAT = "metacollapse-resume"
 LOG_COLUMNS = (
     *RUN_COLUMNS,
     "precision",
@@ -63,9 +54,9 @@ LOG_COLUMNS = (
     "val_acc",
     "lr",
     "seconds",
-    "episodes_per_s",
+    "steps_per_s",
 )
-TIMING_COLUMNS = ("seconds", "episodes_per_s")
+TIMING_COLUMNS = ("seconds", "steps_per_s")
 #: Seconds between progress lines in a job's log.
 LOG_PROGRESS_EVERY = 30.0
 
@@ -74,254 +65,239 @@ def episode_spec(section: Mapping[str, Any]) -> EpisodeSpec:
     return EpisodeSpec(int(section["n_way"]), int(section["n_support"]), int(section["n_query"]))
 
 
-def run_fingerprint(spec: Mapping[str, Any], data_files: list[Path], device_type: str, precision: str) -> str:
+def run_fingerprint(spec: Mapping[str, Any], data_files: list[Path], runtime: Runtime) -> str:
     """Hash of the run spec, device type, precision and the bytes of the data the run trains and validates on.
 
     The device type is in it because RNG states (the episode generator lives on the device) do not carry over
     between CPU and CUDA; the precision because bf16 and fp32 runs are different numbers.
     """
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
-    digest.update(f"{device_type}/{precision}".encode())
+    digest.update(runtime.describe().encode())
     for path in data_files:
         digest.update(sha256_file(path).encode())
     return digest.hexdigest()
 
 
-def _load_resume(state_dir: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The rolling state of this run, or None (absent, foreign or incomplete state is discarded)."""
-    path = state_dir / "resume.pt"
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a damaged state is not worth keeping: the run restarts
-        log.warning("%s is unreadable (%s): starting afresh", path, error)
-        state = None
-    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT or state.get("fingerprint") != fingerprint:
-        log.warning("%s holds state of another run spec, data, device or precision: starting afresh", state_dir)
-        return None
-    missing = [e for e in range(state["epoch"] + 1) if not (state_dir / checkpoint_name(e)).is_file()]
-    if missing:
-        log.warning("%s lacks the weights of epochs %s: starting afresh", state_dir, missing)
-        return None
-    return state
+@dataclass
+class Session:
+    """Everything one training job holds: data on the device, the learner, its optimizer and its generators."""
+
+    spec: dict[str, Any]
+    runtime: Runtime
+    learner: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+    train_split: torch.Tensor
+    class_ids: torch.Tensor
+    train_shape: EpisodeSpec | None  # None for learners trained on mini-batches
+    val_split: torch.Tensor
+    val_shape: EpisodeSpec
+    val_indices: EpisodeIndices
+    columns: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.spec["name"]
+
+    @property
+    def epochs(self) -> int:
+        return int(self.spec["train"]["epochs"])
+
+    @property
+    def steps(self) -> int:
+        return int(self.spec["train"]["steps_per_epoch"])
+
+    @property
+    def meta_batch(self) -> int:
+        return int(self.spec["train"].get("meta_batch", 1))
+
+    def validate(self) -> tuple[float, float]:
+        losses, accuracies = score_episodes(self.learner, self.val_split, self.val_shape, self.val_indices)
+        return float(losses.mean()), float(accuracies.mean())
+
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        state = {"sampling": self.generator.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state()
+        return state
+
+    def restore(self, state: Mapping[str, Any], weights: Path) -> None:
+        self.learner.load_state_dict(read_checkpoint(weights)["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["rng"]["sampling"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["rng"]["cuda"])
 
 
-def _rng_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
-    state = {"sampling": generator.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _progress(began: float, shown: float, done: int, total: int, epoch: int, epochs: int, loss, acc) -> float:
-    """A progress line every LOG_PROGRESS_EVERY seconds (reading the running loss needs a host sync)."""
-    if time.monotonic() - shown < LOG_PROGRESS_EVERY:
-        return shown
-    rate = done / (time.perf_counter() - began)
-    log.info(
-        "epoch %d/%d: %d/%d steps, %.2f steps/s, loss %.4f acc %.4f",
-        epoch,
-        epochs,
-        done,
-        total,
-        rate,
-        loss.item() / done,
-        acc.item() / done,
-    )
-    return time.monotonic()
-
-
-def train(
-    spec: Mapping[str, Any],
-    data_dir: Path,
-    out_dir: Path,
-    device: str = "auto",
-    precision: str = "auto",
-    deterministic: bool = False,
-    threads: int | None = None,
-) -> pd.DataFrame:
-    """Train (or resume) one run; return its training log. See the module docstring for the files."""
-    spec = check_run_spec(spec, "train")
-    configure(threads, deterministic)
-    out_dir, data_dir = Path(out_dir), Path(data_dir)
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
-    state_dir = out_dir / "train_state"
-    # A job killed inside torch.save leaves its temporary file behind; this job is the only writer here.
-    for folder in (state_dir, out_dir / "checkpoints"):
-        for path in remove_temp_files(folder):
-            log.info("removed %s, left by a killed run", path)
+def setup(spec: dict[str, Any], data_dir: Path, runtime: Runtime) -> Session:
+    """Data on the device, the freshly initialised learner, its optimizer, schedule and sampling generator."""
     train_cfg, val_cfg = spec["train"], spec["val"]
-    data_files = [data_dir / f"{train_cfg['split']}.npy", data_dir / f"{val_cfg['split']}.npy"]
-    fingerprint = run_fingerprint(spec, data_files, dev.type, prec)
-
     train_array, _ = load_split(data_dir, train_cfg["split"])
     val_array, _ = load_split(data_dir, val_cfg["split"])
     n_classes, per_class = train_array.shape[:2]
-    val_spec = episode_spec(val_cfg)
-    check_spec(val_spec, *val_array.shape[:2], f"run {spec['name']!r}: val episodes on split {val_cfg['split']!r}")
-    train_split = split_to_device(train_array, dev)
-    val_split = split_to_device(val_array, dev)
-    val_indices = fixed_episode_indices(*val_array.shape[:2], val_spec, int(val_cfg["episodes"]), int(val_cfg["seed"]))
+    val_shape = episode_spec(val_cfg)
+    check_spec(val_shape, *val_array.shape[:2], f"run {spec['name']!r}: val episodes on split {val_cfg['split']!r}")
+    dev = runtime.device
 
     torch.manual_seed(int(spec["seed"]))  # model initialisation
-    learner = prepare_model(build_run_learner(spec, n_classes), dev, prec)
-    learner.precision = prec
+    learner = runtime.place(build_run_learner(spec, n_classes))
     class_ids = learner.train_class_ids()
     class_ids = torch.arange(n_classes, device=dev) if class_ids is None else class_ids
+    train_shape = None
     if learner.episodic:
-        train_spec = episode_spec(train_cfg)
-        check_spec(train_spec, len(class_ids), per_class, f"run {spec['name']!r}: training episodes")
+        train_shape = episode_spec(train_cfg)
+        check_spec(train_shape, len(class_ids), per_class, f"run {spec['name']!r}: training episodes")
     optimizer = torch.optim.Adam(
         learner.parameters(), lr=float(train_cfg["lr"]), weight_decay=float(train_cfg.get("weight_decay", 0.0))
     )
     scheduler = torch.optim.lr_scheduler.StepLR(
         optimizer, int(train_cfg["lr_decay_every"]), gamma=float(train_cfg["lr_decay_gamma"])
     )
-    generator = torch.Generator(device=dev).manual_seed(int(spec["seed"]))  # episode / batch sampling
-    steps, epochs = int(train_cfg["episodes_per_epoch"]), int(train_cfg["epochs"])
-    meta_batch = int(train_cfg.get("meta_batch", 1))
-    columns = {
-        **run_columns(spec),
-        "precision": prec,
-        "n_params": sum(p.numel() for p in learner.backbone.parameters()),
-        "dim": embedding_dim(learner.backbone),
+    return Session(
+        spec=spec,
+        runtime=runtime,
+        learner=learner,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        generator=torch.Generator(device=dev).manual_seed(int(spec["seed"])),  # episode / batch sampling
+        train_split=split_to_device(train_array, dev),
+        class_ids=class_ids,
+        train_shape=train_shape,
+        val_split=split_to_device(val_array, dev),
+        val_shape=val_shape,
+        val_indices=fixed_episode_indices(
+            *val_array.shape[:2], val_shape, int(val_cfg["episodes"]), int(val_cfg["seed"])
+        ),
+        columns={
+            **run_columns(spec),
+            "precision": runtime.precision,
+            "n_params": sum(p.numel() for p in learner.backbone.parameters()),
+            "dim": embedding_dim(learner.backbone),
+        },
+    )
+
+
+def _resume_state(session: Session, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "optimizer": session.optimizer.state_dict(),
+        "scheduler": session.scheduler.state_dict(),
+        "rng": session.rng_state(),
+        "log": rows,
     }
 
-    def validate() -> tuple[float, float]:
-        losses, accuracies = score_episodes(learner, val_split, val_spec, val_indices)
-        return float(losses.mean()), float(accuracies.mean())
 
-    state = _load_resume(state_dir, fingerprint)
-    if state is None:
-        shutil.rmtree(state_dir, ignore_errors=True)
-        state_dir.mkdir(parents=True)
-        val_loss, val_acc = validate()
-        nan = float("nan")
-        rows = [
-            {
-                **columns,
-                "epoch": 0,
-                "train_loss": nan,
-                "train_acc": nan,
-                "val_loss": val_loss,
-                "val_acc": val_acc,
-                "lr": nan,
-                "seconds": nan,
-                "episodes_per_s": nan,
-            }
-        ]
-        save_weights(state_dir / checkpoint_name(0), learner, spec, 0, n_classes, dev)
-        start = 0
+def start_or_resume(session: Session, store: RunStore, n_classes: int) -> list[dict[str, Any]]:
+    """The log rows so far: restored from the newest usable resume state, or epoch 0 validated and saved."""
+    state = store.resume()
+    if state is not None:
+        epoch = int(state["epoch"])
+        session.restore(state, store.weights(epoch))
+        log.info("resuming run %s from epoch %d of %d", session.name, epoch, session.epochs)
+        return [dict(row) for row in state["log"]]
+    store.start()
+    val_loss, val_acc = session.validate()
+    rows = [{**session.columns, "epoch": 0, "val_loss": val_loss, "val_acc": val_acc}]
+    store.save(session.learner, session.spec, 0, n_classes, _resume_state(session, rows))
+    log.info("run %s epoch   0/%d  val loss %.4f acc %.4f (untrained)", session.name, session.epochs, val_loss, val_acc)
+    return rows
+
+
+def _batches(session: Session) -> Iterator[tuple[torch.Tensor, ...]]:
+    """One epoch of steps: per step the episodes (``meta_batch`` of them) or the mini-batch, drawn up front."""
+    s, per_class = session, session.train_split.shape[1]
+    if s.train_shape is not None:
+        drawn = sample_episode_indices(len(s.class_ids), per_class, s.train_shape, s.steps * s.meta_batch, s.generator)
+        drawn = EpisodeIndices(s.class_ids[drawn.classes], drawn.images)  # positions -> split class ids
+        for step in range(s.steps):
+            yield tuple(drawn[step * s.meta_batch + task] for task in range(s.meta_batch))
     else:
-        start = int(state["epoch"])
-        learner.load_state_dict(read_checkpoint(state_dir / checkpoint_name(start))["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["rng"]["sampling"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state(state["rng"]["cuda"])
-        rows = [dict(row) for row in state["log"]]
-        log.info("resuming run %s from epoch %d of %d", spec["name"], start, epochs)
-
-    for epoch in range(start + 1, epochs + 1):
-        began = time.perf_counter()
-        shown = time.monotonic()
-        learner.train()
-        if learner.episodic:
-            indices = sample_episode_indices(len(class_ids), per_class, train_spec, steps * meta_batch, generator)
-            indices = EpisodeIndices(class_ids[indices.classes], indices.images)  # positions -> split class ids
-        else:
-            batch_classes, batch_images = sample_batch_indices(
-                class_ids, per_class, int(train_cfg["batch_size"]), steps, generator
-            )
-        loss_sum = torch.zeros((), device=dev)
-        acc_sum = torch.zeros((), device=dev)
-        for step in range(steps):
-            optimizer.zero_grad(set_to_none=True)
-            if learner.episodic:
-                for task in range(meta_batch):  # gradients of the meta-batch's tasks are averaged
-                    episode = indices[step * meta_batch + task]
-                    support, query = gather_episode(train_split, episode, train_spec)
-                    loss, accuracy = learner.episode_loss(support, query, train_spec.n_way, episode.classes[0])
-                    (loss / meta_batch).backward()
-                    loss_sum += loss.detach() / meta_batch
-                    acc_sum += accuracy / meta_batch
-            else:
-                images = gather_batch(train_split, batch_classes[step], batch_images[step])
-                loss, accuracy = learner.batch_loss(images, batch_classes[step])
-                loss.backward()
-                loss_sum += loss.detach()
-                acc_sum += accuracy
-            optimizer.step()
-            shown = _progress(began, shown, step + 1, steps, epoch, epochs, loss_sum, acc_sum)
-        train_seconds = time.perf_counter() - began
-        val_loss, val_acc = validate()
-        lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
-        scheduler.step()
-        rows.append(
-            {
-                **columns,
-                "epoch": epoch,
-                "train_loss": float(loss_sum) / steps,
-                "train_acc": float(acc_sum) / steps,
-                "val_loss": val_loss,
-                "val_acc": val_acc,
-                "lr": lr,
-                "seconds": time.perf_counter() - began,
-                "episodes_per_s": steps / train_seconds,
-            }
+        classes, images = sample_batch_indices(
+            s.class_ids, per_class, int(s.spec["train"]["batch_size"]), s.steps, s.generator
         )
-        save_weights(state_dir / checkpoint_name(epoch), learner, spec, epoch, n_classes, dev)
-        resume = {
-            "format": RESUME_FORMAT,
-            "epoch": epoch,
-            "fingerprint": fingerprint,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": _rng_state(generator),
-            "log": rows,
-        }
-        with atomic_path(state_dir / "resume.pt") as tmp:
-            torch.save(resume, tmp)
-        row = rows[-1]
+        yield from zip(classes, images, strict=True)
+
+
+def train_epoch(session: Session, epoch: int, run_began: float, steps_before: int) -> dict[str, Any]:
+    """One epoch of optimizer steps and its validation; returns the epoch's log row."""
+    s = session
+    began = shown = time.perf_counter()
+    s.learner.train()
+    loss_sum = torch.zeros((), device=s.runtime.device)
+    acc_sum = torch.zeros((), device=s.runtime.device)
+    for step, batch in enumerate(_batches(s), start=1):
+        s.optimizer.zero_grad(set_to_none=True)
+        if s.train_shape is not None:
+            for episode in batch:  # the gradients of the meta-batch's episodes are averaged
+                support, query = gather_episode(s.train_split, episode, s.train_shape)
+                loss, accuracy = s.learner.episode_loss(support, query, s.train_shape.n_way, episode.classes[0])
+                (loss / s.meta_batch).backward()
+                loss_sum += loss.detach() / s.meta_batch
+                acc_sum += accuracy / s.meta_batch
+        else:
+            classes, images = batch
+            loss, accuracy = s.learner.batch_loss(gather_batch(s.train_split, classes, images), classes)
+            loss.backward()
+            loss_sum += loss.detach()
+            acc_sum += accuracy
+        s.optimizer.step()
+        if time.perf_counter() - shown >= LOG_PROGRESS_EVERY:  # reading the running loss syncs with the device
+            shown = time.perf_counter()
+            rate = (steps_before + step) / (shown - run_began)
+            left = (s.epochs - epoch + 1) * s.steps - step
+            log.info(
+                "epoch %d/%d: %d/%d steps, %.2f steps/s, loss %.4f acc %.4f; run done in about %s",
+                *(epoch, s.epochs, step, s.steps, rate, loss_sum.item() / step, acc_sum.item() / step),
+                _duration(left / rate),
+            )
+    train_seconds = time.perf_counter() - began
+    val_loss, val_acc = s.validate()
+    lr = s.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
+    s.scheduler.step()
+    return {
+        **s.columns,
+        "epoch": epoch,
+        "train_loss": float(loss_sum) / s.steps,
+        "train_acc": float(acc_sum) / s.steps,
+        "val_loss": val_loss,
+        "val_acc": val_acc,
+        "lr": lr,
+        "seconds": time.perf_counter() - began,
+        "steps_per_s": s.steps / train_seconds,
+    }
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
+
+
+def train(spec: Mapping[str, Any], data_dir: Path, out_dir: Path, runtime: Runtime) -> pd.DataFrame:
+    """Train (or resume, or republish) run ``spec`` into ``out_dir``; return its training log."""
+    spec = check_run_spec(spec, "train")
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    data_files = [data_dir / f"{spec[part]['split']}.npy" for part in ("train", "val")]
+    for path in data_files:
+        if not path.is_file():
+            load_split(data_dir, path.stem)  # raises the loader's error, naming the file and the fix
+    store = RunStore(out_dir, run_fingerprint(spec, data_files, runtime))
+    epochs = int(spec["train"]["epochs"])
+    if store.finished(epochs) is not None:
+        log.info("run %s: this configuration already finished (%s): publishing it again", spec["name"], store.folder)
+        return store.republish(epochs)
+    session = setup(spec, data_dir, runtime)
+    n_classes = int(session.train_split.shape[0])
+    rows = start_or_resume(session, store, n_classes)
+    run_began, first = time.perf_counter(), len(rows)
+    for epoch in range(first, epochs + 1):
+        row = train_epoch(session, epoch, run_began, (epoch - first) * session.steps)
+        rows.append(row)
+        store.save(session.learner, spec, epoch, n_classes, _resume_state(session, rows))
         log.info(
             "run %s epoch %3d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.2e  %.1fs",
-            spec["name"],
-            epoch,
-            epochs,
-            row["train_loss"],
-            row["train_acc"],
-            val_loss,
-            val_acc,
-            lr,
-            row["seconds"],
+            *(spec["name"], epoch, epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"]),
+            *(row["lr"], row["seconds"]),
         )
-    return publish(state_dir, out_dir, epochs, rows)
-
-
-def publish(state_dir: Path, out_dir: Path, epochs: int, rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Expose a finished run: link every epoch's weights into ``checkpoints/``, write the log, drop the state.
-
-    Until the state folder is removed (last), a killed publish is simply redone by the next run of the job.
-    """
-    checkpoints = out_dir / "checkpoints"
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    for stale in checkpoints.glob("epoch_[0-9][0-9][0-9].pt"):  # epochs of an earlier, longer run
-        if int(stale.stem.split("_")[1]) > epochs:
-            stale.unlink()
-    for epoch in range(epochs + 1):
-        source, target = state_dir / checkpoint_name(epoch), checkpoints / checkpoint_name(epoch)
-        with atomic_path(target, fsync=False) as tmp:
-            try:
-                os.link(source, tmp)
-            except OSError:
-                shutil.copy2(source, tmp)
-        os.utime(target)
-    frame = pd.DataFrame(rows, columns=list(LOG_COLUMNS))
-    with atomic_path(out_dir / "train_log.csv") as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.9g")
-    shutil.rmtree(state_dir)
-    return frame
+    return store.publish(rows, list(LOG_COLUMNS))
