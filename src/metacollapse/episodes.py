@@ -1,9 +1,9 @@
 """Few-shot episodes drawn on the training device.
 
-A split lives on the device as one uint8 tensor ``[classes, images_per_class, 28, 28]``. An episode is a pair of
-index tensors (which classes, which images of each class), drawn with a seeded ``torch.Generator``; its images
-are gathered by indexing and turned into floats on the device. No DataLoader and no per-episode Python image work:
-a whole epoch of episode indices is drawn in one call.
+A split lives on the device as one tensor ``[classes, images_per_class, 28, 28]`` (uint8 unless scaled). An
+episode is a pair of index tensors (which classes, which images of each class), drawn with a seeded
+``torch.Generator``; its images are gathered by indexing and turned into floats on the device. No DataLoader and
+no per-episode Python image work: a whole epoch of episode indices is drawn in one call.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def gather_episode(
     """Images of one episode as float tensors on the split's device.
 
     Returns ``support`` ``[n_way * n_support, 1, H, W]`` and ``query`` ``[n_way * n_query, 1, H, W]``, both
-    class-major (all images of class 0 first), values in {0, 1}.
+    class-major (all images of class 0 first), values as the split holds them.
     """
     if len(indices) != 1:
         raise ValueError(f"gather_episode takes one episode, got {len(indices)}")
@@ -106,11 +106,15 @@ def gather_episode(
     return support, query
 
 
-def split_to_device(array: np.ndarray, device: torch.device | str) -> torch.Tensor:
-    """Move a whole uint8 split array to the device once (uint8 keeps it 4x smaller than float32)."""
+def split_to_device(array: np.ndarray, device: torch.device | str, scale: float = 1.0) -> torch.Tensor:
+    """Move a whole uint8 split array to the device once: as uint8 when ``scale`` is 1 (4x smaller than float32),
+    else as float32 ``array * scale`` (``metacollapse.data.pixel_scale``), computed on the CPU."""
     if array.dtype != np.uint8 or array.ndim != 4:
         raise ValueError(f"expected a uint8 array [classes, images, H, W], got {array.dtype} {array.shape}")
-    return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if scale != 1:
+        tensor = tensor.to(torch.float32) * scale
+    return tensor.to(device)
 
 
 def sample_batch_indices(
