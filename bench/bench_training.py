@@ -47,8 +47,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from metacollapse.data import download_omniglot, load_split, prepare_splits
+from metacollapse.data import load_split, prepare_splits
 from metacollapse.device import autocast, keep_freed_memory, prepare_model, resolve_precision, to_input
+from metacollapse.download import download_omniglot
 from metacollapse.episodes import EpisodeSpec, gather_episode, sample_episode_indices, split_to_device
 from metacollapse.matmul_conv import MatmulConv2d
 from metacollapse.models import build_backbone

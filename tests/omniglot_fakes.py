@@ -1,11 +1,11 @@
-"""Test helpers for the data layer: small synthetic Omniglot-shaped mirrors, and the real mirror's location.
+"""Test helpers for the data layer: small synthetic Omniglot-shaped mirrors, and the real mirrors' locations.
 
-The real mirror is found (or made once in the user cache) by :func:`real_mirror`. A fake mirror is a folder with
-``images_background.zip``, ``images_evaluation.zip`` (layout
-``images_<set>/<Alphabet>/characterNN/<id>_<drawer>.png``, 105x105 1-bit PNGs, as in the real zips) and a
-``SHA256SUMS``, plus a split-list folder with ``{split}.txt`` and its own ``SHA256SUMS``. Every image is
-deterministic, different for every (character, drawer), and asymmetric (a big stroke block in the upper-left
-quadrant) so that rotation direction and drawer order can be checked.
+The real Omniglot mirror is found (or made once in the user cache) by :func:`real_mirror`, Debian's Fashion-MNIST
+folder by :func:`debian_fashion_mirror`. A fake mirror is a folder with ``images_background.zip``,
+``images_evaluation.zip`` (layout ``images_<set>/<Alphabet>/characterNN/<id>_<drawer>.png``, 105x105 1-bit PNGs,
+as in the real zips) and a ``SHA256SUMS``, plus a split-list folder with ``{split}.txt`` and its own
+``SHA256SUMS``. Every image is deterministic, different for every (character, drawer), and asymmetric (a big
+stroke block in the upper-left quadrant) so that rotation direction and drawer order can be checked.
 """
 
 from __future__ import annotations
@@ -24,12 +24,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metacollapse.data import DataError, download_omniglot, make_mirror
+from metacollapse.data import DataError
+from metacollapse.download import DEBIAN_FASHION_DIR, download_omniglot, make_mirror
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MIRROR_ENV = "METACOLLAPSE_OMNIGLOT_MIRROR"
 UPSTREAM_ENV = "METACOLLAPSE_OMNIGLOT_UPSTREAM"
 ZIP_NAMES = ("images_background.zip", "images_evaluation.zip")
+FASHION_MIRROR_ENV = "METACOLLAPSE_FASHION_MIRROR"
+FASHION_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 
 # zip name -> alphabet -> number of characters. The names include the odd characters real alphabets have.
 DEFAULT_LAYOUT: dict[str, dict[str, int]] = {
@@ -64,7 +72,7 @@ def _missing(folder: Path) -> list[str]:
 _HOW_TO = (
     f"set {MIRROR_ENV} to a folder holding {', '.join(ZIP_NAMES)} and a SHA256SUMS in sha256sum format "
     f"(in that folder: `sha256sum {' '.join(ZIP_NAMES)} > SHA256SUMS`, or call "
-    "metacollapse.data.make_mirror(zips_dir, mirror_dir))"
+    "metacollapse.download.make_mirror(zips_dir, mirror_dir))"
 )
 
 
@@ -98,6 +106,17 @@ def real_mirror() -> Path:
                 f"zips into {cache} failed ({exc}); {_HOW_TO}"
             )
     return cache.resolve()
+
+
+def debian_fashion_mirror() -> Path:
+    """Debian's Fashion-MNIST folder, a mirror as it is (no SHA256SUMS). Fails (never skips) when it is missing."""
+    missing = [name for name in FASHION_FILES if not (DEBIAN_FASHION_DIR / name).is_file()]
+    if missing:
+        pytest.fail(
+            f"no Fashion-MNIST files in {DEBIAN_FASHION_DIR} (missing {', '.join(missing)}); install them with "
+            "`apt-get install -y dataset-fashion-mnist`"
+        )
+    return DEBIAN_FASHION_DIR
 
 
 def fake_glyph(seed: int, size: int = 105) -> np.ndarray:
@@ -223,7 +242,7 @@ def reference_image(png: bytes, rotation: int) -> np.ndarray:
 
     jakesnell/prototypical-networks: ``Image.open`` -> ``rotate(rot)`` -> ``resize((28, 28))`` ->
     ``1 - np.array(float32)`` -> ``.transpose(0, 1)``. We leave out the final transpose (documented in
-    ``metacollapse.data``), so this returns the upright uint8 image, strokes = 1.
+    docs/data.md), so this returns the upright uint8 image, strokes = 1.
     """
     with Image.open(io.BytesIO(png)) as im:
         arr = 1.0 - np.array(im.rotate(rotation).resize((28, 28)), np.float32)

@@ -1,4 +1,4 @@
-"""metacollapse.data (and metacollapse.atomic) on small synthetic Omniglot-shaped zips."""
+"""metacollapse.download, metacollapse.data (and metacollapse.atomic) on small synthetic Omniglot-shaped zips."""
 
 from __future__ import annotations
 
@@ -31,9 +31,11 @@ from omniglot_fakes import (
     write_split_lists,
 )
 
-from metacollapse import data
+from metacollapse import download
 from metacollapse.atomic import atomic_path, atomic_write_bytes, atomic_write_text, hash_file, sha256_file
-from metacollapse.data import DataError, data_info, download_omniglot, load_split, make_mirror, prepare_splits
+from metacollapse.cli import main
+from metacollapse.data import DataError, data_info, load_split, pixel_scale, prepare_splits
+from metacollapse.download import download_omniglot, make_mirror, unverified_files
 
 
 @pytest.fixture(autouse=True)
@@ -99,8 +101,8 @@ def test_atomic_write_bytes_and_hashes(tmp_path: Path) -> None:
 
 
 def test_upstream_constants_are_the_torchvision_pins() -> None:
-    assert data.UPSTREAM_URL == "https://github.com/brendenlake/omniglot/raw/master/python/"
-    assert data.UPSTREAM_MD5 == {
+    assert download.UPSTREAM_URL == "https://github.com/brendenlake/omniglot/raw/master/python/"
+    assert download.UPSTREAM_MD5 == {
         "images_background.zip": "68d2efa1b9178cc56df9314c21c6e718",
         "images_evaluation.zip": "6b91aef0f799c5bb55b94e3f2daec811",
     }
@@ -155,19 +157,21 @@ def _closed_port() -> int:
 
 
 def test_constants_name_the_environment_variables() -> None:
-    assert data.MIRROR_ENV == MIRROR_ENV == "METACOLLAPSE_OMNIGLOT_MIRROR"
-    assert data.UPSTREAM_ENV == UPSTREAM_ENV == "METACOLLAPSE_OMNIGLOT_UPSTREAM"
+    assert download.MIRROR_ENV == MIRROR_ENV == "METACOLLAPSE_OMNIGLOT_MIRROR"
+    assert download.UPSTREAM_ENV == UPSTREAM_ENV == "METACOLLAPSE_OMNIGLOT_UPSTREAM"
 
 
 def test_default_source_is_the_pinned_upstream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # No variable set: the official URL and md5 pins. The URL is made unreachable so no network is used.
     url = f"http://127.0.0.1:{_closed_port()}/python/"
-    monkeypatch.setattr(data, "UPSTREAM_URL", url)
+    monkeypatch.setattr(download, "UPSTREAM_URL", url)
     with pytest.raises(DataError) as err:
         download_omniglot(tmp_path / "raw")
     msg = str(err.value)
-    assert f"{url}images_background.zip" in msg and f"md5 {data.UPSTREAM_MD5['images_background.zip']}" in msg
+    assert f"{url}images_background.zip" in msg and f"md5 {download.UPSTREAM_MD5['images_background.zip']}" in msg
     assert list_files(tmp_path / "raw") == []
+    # Without network, the fix: a mirror through the config key or the variable, and how to make one.
+    assert "`omniglot_mirror`" in msg and "$METACOLLAPSE_OMNIGLOT_MIRROR" in msg and "metacollapse make-mirror" in msg
 
 
 def test_upstream_override_with_md5sums(fake: FakeOmniglot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -274,6 +278,40 @@ def test_present_zip_matching_nothing_is_replaced_by_the_configured_source(fake:
     assert _snapshot(out) == {p.name: p.read_bytes() for p in second.zips}
 
 
+def test_unverified_files_lists_a_zip_that_only_a_bad_mirror_vouched_for(
+    fake: FakeOmniglot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A mirror whose truncated background zip has a matching SHA256SUMS: the download accepts it.
+    bad = tmp_path / "bad-mirror"
+    bad.mkdir()
+    for path in fake.zips:
+        (bad / path.name).write_bytes(path.read_bytes())
+    (bad / ZIP_NAMES[0]).write_bytes(fake.zips[0].read_bytes()[:-300])
+    write_sha256sums(bad, list(ZIP_NAMES))
+    out = tmp_path / "raw"
+    download_omniglot(out, str(bad))
+    truncated = out / ZIP_NAMES[0]
+
+    assert unverified_files(out, str(bad)) == []  # the source that vouched for it is still configured
+    assert unverified_files(out, str(fake.mirror)) == [truncated]  # a good mirror knows better
+    monkeypatch.setenv(MIRROR_ENV, str(fake.mirror))
+    assert unverified_files(out) == [truncated]  # the mirror from the variable, as the workflow passes it
+    # An unreachable source leaves only the known-good checksums, which no synthetic zip matches.
+    assert unverified_files(out, str(tmp_path / "gone")) == [out / name for name in ZIP_NAMES]
+
+    assert main(["download", "--out-dir", str(out), "--mirror", str(fake.mirror), "--list-unverified"]) == 0
+    assert capsys.readouterr().out == f"{truncated}\n"
+    assert truncated.read_bytes() == (bad / ZIP_NAMES[0]).read_bytes()  # listing downloads nothing
+
+    # The workflow removes what is listed; the download then fetches it from the good mirror.
+    truncated.unlink()
+    download_omniglot(out)
+    assert _snapshot(out) == {p.name: p.read_bytes() for p in fake.zips}
+    assert unverified_files(out) == []
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
+        unverified_files(out, dataset="mnist")
+
+
 def test_make_mirror(fake: FakeOmniglot, tmp_path: Path) -> None:
     zips = tmp_path / "zips"
     _raw_from(fake, zips)
@@ -371,6 +409,7 @@ def test_download_unreachable_local_mirror(tmp_path: Path, as_url: bool) -> None
     msg = str(err.value)
     assert "SHA256SUMS" in msg and str(missing) in msg
     assert "images_background.zip" in msg  # says what it needed the checksums for
+    assert "$METACOLLAPSE_OMNIGLOT_MIRROR" in msg and "`omniglot_mirror`" in msg  # where the mirror came from
     assert list_files(tmp_path / "raw") == []
 
 
@@ -604,11 +643,20 @@ def test_prepare_undecodable_image(tmp_path: Path) -> None:
     )
 
 
-def test_prepare_truncated_zip(fake: FakeOmniglot, tmp_path: Path) -> None:
+def test_prepare_truncated_zip_says_how_to_fetch_it_again(fake: FakeOmniglot, tmp_path: Path) -> None:
     raw = _raw_from(fake, tmp_path / "raw")
     zip_path = raw / "images_evaluation.zip"
     zip_path.write_bytes(zip_path.read_bytes()[:-300])  # cuts into the central directory
-    _assert_fails_cleanly(raw, fake.splits_dir, tmp_path / "processed", str(zip_path), "not a readable zip")
+    _assert_fails_cleanly(
+        raw,
+        fake.splits_dir,
+        tmp_path / "processed",
+        str(zip_path),
+        "not a readable zip",
+        "snakemake --cores all --forcerun download`",
+        "`omniglot_mirror`",
+        "$METACOLLAPSE_OMNIGLOT_MIRROR",
+    )
 
 
 def test_prepare_not_a_zip(fake: FakeOmniglot, tmp_path: Path) -> None:
@@ -725,7 +773,7 @@ def test_load_split_and_data_info_reject_class_count_mismatch(processed: Path) -
     [
         (np.zeros((2, 20, 28, 28), dtype=np.float32), "dtype float32"),
         (np.zeros((2, 20, 28), dtype=np.uint8), "shape (2, 20, 28)"),
-        (np.zeros((2, 19, 28, 28), dtype=np.uint8), "shape (2, 19, 28, 28)"),
+        (np.zeros((2, 20, 27, 28), dtype=np.uint8), "shape (2, 20, 27, 28)"),
         (np.full((2, 20, 28, 28), 255, dtype=np.uint8), "values above 1"),
     ],
 )
@@ -734,6 +782,35 @@ def test_load_split_rejects_bad_arrays(processed: Path, array: np.ndarray, needl
     with pytest.raises(DataError) as err:
         load_split(processed, "val")
     assert "val.npy" in str(err.value) and needle in str(err.value)
+
+
+def test_load_split_takes_the_images_per_class_from_the_data(processed: Path) -> None:
+    np.save(processed / "val.npy", np.ones((2, 7, 28, 28), dtype=np.uint8))
+    array, names = load_split(processed, "val")
+    assert array.shape == (2, 7, 28, 28) and len(names) == 2
+    assert data_info(processed)["val"]["images_per_class"] == 7
+
+
+def test_grey_levels_are_allowed_only_in_fashion_splits(processed: Path) -> None:
+    grey = np.arange(2 * 20 * 28 * 28, dtype=np.int64).reshape(2, 20, 28, 28).astype(np.uint8)
+    np.save(processed / "fashion_test.npy", grey)
+    (processed / "fashion_test_classes.txt").write_text("Bag\nAnkle boot\n")
+    array, names = load_split(processed, "fashion_test")
+    np.testing.assert_array_equal(array, grey)
+    assert names == ["Bag", "Ankle boot"]
+    assert list(data_info(processed)) == ["train", "val", "trainval", "test", "fashion_test"]
+    np.save(processed / "val.npy", grey)  # the same array in an Omniglot split
+    with pytest.raises(DataError, match=r"val\.npy has values above 1"):
+        load_split(processed, "val")
+    (processed / "fashion_test_classes.txt").write_text("Bag\nBag\n")
+    with pytest.raises(DataError, match=r"fashion_test_classes\.txt lists some class more than once"):
+        load_split(processed, "fashion_test")
+
+
+def test_pixel_scale_maps_each_dataset_to_the_unit_interval() -> None:
+    assert [pixel_scale(s) for s in ("train", "val", "trainval", "test")] == [1.0] * 4
+    assert pixel_scale("fashion_train") == pixel_scale("fashion_test") == 1 / 255
+    assert np.float32(255) * np.float32(pixel_scale("fashion_train")) == np.float32(1.0)
 
 
 def test_load_split_missing_files(processed: Path) -> None:

@@ -1,4 +1,4 @@
-"""metacollapse.data on the real Omniglot mirror: one download + one prepare of all four Vinyals splits.
+"""Download and prepare on the real Omniglot mirror: one download + one prepare of all four Vinyals splits.
 
 The mirror is found by ``omniglot_fakes.real_mirror()`` (the variable, the CI mirror beside the clone, or a
 mirror of the official zips fetched once into the user cache); if none works these tests fail, never skip.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +26,8 @@ from omniglot_fakes import (
 )
 
 from metacollapse.atomic import hash_file, sha256_file
-from metacollapse.data import (
-    REFERENCE_SHA256,
-    UPSTREAM_MD5,
-    data_info,
-    download_omniglot,
-    load_split,
-    parse_checksum_file,
-    prepare_splits,
-)
+from metacollapse.data import data_info, load_split, parse_checksum_file, prepare_splits
+from metacollapse.download import REFERENCE_SHA256, UPSTREAM_MD5, download_omniglot, unverified_files
 
 SPLITS_DIR = REPO_ROOT / "data" / "splits" / "vinyals"
 EXPECTED_CLASSES = {"train": 4112, "val": 688, "trainval": 4800, "test": 1692}
@@ -46,7 +38,6 @@ SPLIT_LIST_MD5 = {
     "trainval.txt": "888433268015439fd05fb6e9006ead50",
     "test.txt": "43534e6d5f9e74acbb7de1b4874abad8",
 }
-PREPARE_BUDGET_S = 60.0  # the brief: "well under a minute"; it takes ~7 s on 2 cores
 
 
 @dataclass
@@ -55,7 +46,6 @@ class Prepared:
     raw: Path
     processed: Path
     zips: list[Path]
-    seconds: float
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +53,8 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     mirror = real_mirror()
     root = tmp_path_factory.mktemp("omniglot_real")
     zips = download_omniglot(root / "raw", str(mirror))
-    t0 = time.perf_counter()
     prepare_splits(root / "raw", SPLITS_DIR, root / "processed")
-    seconds = time.perf_counter() - t0
-    print(f"\nprepare_splits on the real mirror: {seconds:.1f} s")
-    return Prepared(mirror, root / "raw", root / "processed", zips, seconds)
+    return Prepared(mirror, root / "raw", root / "processed", zips)
 
 
 def test_download_from_real_mirror(prepared: Prepared) -> None:
@@ -112,6 +99,7 @@ def test_finished_raw_dir_needs_no_source(prepared: Prepared, tmp_path: Path, mo
     assert download_omniglot(raw, str(missing)) == expected  # mirror changed to one that is gone
     monkeypatch.setenv(MIRROR_ENV, str(missing))
     assert download_omniglot(raw) == expected
+    assert unverified_files(raw) == unverified_files(raw, str(other)) == []  # known good, whatever the source
     assert {p.name: (p.stat().st_mtime_ns, sha256_file(p)) for p in raw.iterdir()} == before
 
 
@@ -125,10 +113,6 @@ def test_committed_split_lists_are_the_published_ones() -> None:
     shared = real_mirror() / "splits" / "vinyals" / "SHA256SUMS"
     if shared.is_file():
         assert parse_checksum_file(shared.read_text(), str(shared)) == committed
-
-
-def test_prepare_time(prepared: Prepared) -> None:
-    assert prepared.seconds < PREPARE_BUDGET_S
 
 
 def test_data_info_real(prepared: Prepared) -> None:

@@ -1,4 +1,4 @@
-"""Probe sets are fixed per run; a feature dump embeds exactly the probe images with their labels and roles."""
+"""A feature dump embeds exactly the probe images with their labels and roles."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from metacollapse.checkpoints import CheckpointError, load_learner
 from metacollapse.data import load_split
 from metacollapse.device import setup
 from metacollapse.evaluation import evaluate
-from metacollapse.features import QUERY, SUPPORT, features_stage, load_probes, make_probes
+from metacollapse.features import QUERY, SUPPORT, features_stage
+from metacollapse.probes import load_probes, make_probes
 from metacollapse.training import train
 
 PROBES = {
@@ -51,40 +52,6 @@ def dump(synthetic_data, trained, tmp_path, probes=PROBES, epochs=(2,), spec=SPE
     checkpoints = [trained / f"epoch_{e:03d}.pt" for e in epochs]
     features_stage(spec, checkpoints, tmp_path / "probes.npz", synthetic_data, outs, setup("cpu", "fp32"))
     return [dict(np.load(out)) for out in outs]
-
-
-def test_probe_sets_are_drawn_once_from_their_seed(synthetic_data, tmp_path):
-    make_probes(PROBES, 5, synthetic_data, tmp_path / "a.npz")
-    make_probes(PROBES, 5, synthetic_data, tmp_path / "b.npz")
-    make_probes(PROBES, 6, synthetic_data, tmp_path / "c.npz")
-    _, a = load_probes(tmp_path / "a.npz")
-    _, b = load_probes(tmp_path / "b.npz")
-    _, c = load_probes(tmp_path / "c.npz")
-    assert torch.equal(a["train_episodes"].images, b["train_episodes"].images)
-    assert not torch.equal(a["train_episodes"].classes, c["train_episodes"].classes)
-    assert a["test_classes"].classes.shape == (1, 7) and a["test_classes"].images.shape == (1, 7, 20)
-
-
-def test_a_probe_is_drawn_from_its_name_not_its_position(synthetic_data, tmp_path):
-    make_probes(PROBES, 5, synthetic_data, tmp_path / "a.npz")
-    extra = {"val_episodes": {**PROBES["train_episodes"], "split": "val"}}
-    make_probes({**extra, **dict(reversed(PROBES.items()))}, 5, synthetic_data, tmp_path / "b.npz")
-    _, a = load_probes(tmp_path / "a.npz")
-    _, b = load_probes(tmp_path / "b.npz")
-    for name in PROBES:  # adding or reordering probes leaves the others' images as they were
-        assert torch.equal(a[name].classes, b[name].classes) and torch.equal(a[name].images, b[name].images)
-
-
-def test_a_damaged_probe_file_is_an_error_naming_the_file(synthetic_data, tmp_path):
-    probes = tmp_path / "probes.npz"
-    make_probes(PROBES, 5, synthetic_data, probes)
-    probes.write_bytes(probes.read_bytes()[:-100])
-    with pytest.raises(ValueError, match=r"probes\.npz: cannot read the probe file"):
-        load_probes(probes)
-    foreign = tmp_path / "foreign.npz"
-    np.savez(foreign, features=np.zeros(3))
-    with pytest.raises(ValueError, match=r"foreign\.npz: not a probe file"):
-        load_probes(foreign)
 
 
 def test_dump_holds_every_probe_image_with_labels_roles_and_episodes(synthetic_data, trained, tmp_path):
@@ -139,15 +106,6 @@ def test_a_train_mode_probe_leaves_the_next_probe_its_running_statistics(synthet
     after = dump(synthetic_data, trained, tmp_path / "b")[0]
     names = list(after["probe_names"])
     np.testing.assert_array_equal(alone["features"], after["features"][after["probe"] == names.index("test_classes")])
-
-
-def test_probes_that_do_not_fit_their_split_are_errors_naming_the_probe(synthetic_data, tmp_path):
-    too_many = {"whole": {"kind": "classes", "split": "test", "classes": 5, "n_support": 25}}
-    with pytest.raises(ValueError, match=r"probe 'whole' on split 'test': n_support=25, expected 1 to 19"):
-        make_probes(too_many, 5, synthetic_data, tmp_path / "p.npz")
-    too_wide = {"wide": {**PROBES["train_episodes"], "split": "val", "n_way": 50}}
-    with pytest.raises(ValueError, match=r"probe 'wide' on split 'val': n_way=50 but the split has only 12"):
-        make_probes(too_wide, 5, synthetic_data, tmp_path / "p.npz")
 
 
 def test_a_checkpoint_of_another_run_is_refused_by_the_feature_stage(synthetic_data, trained, tmp_path):

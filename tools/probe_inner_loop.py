@@ -15,9 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from metacollapse.checkpoints import load_learner, read_checkpoint
-from metacollapse.data import load_split
 from metacollapse.device import setup
-from metacollapse.episodes import EpisodeSpec, fixed_episode_indices, split_to_device
+from metacollapse.episodes import EpisodeSpec, fixed_episode_indices, load_device_split
 from metacollapse.evaluation import score_episodes
 
 SETTINGS = ((5, 1), (5, 5), (20, 5))
@@ -28,7 +27,7 @@ def probe(workdir: Path, run: str, episodes: int, seed: int = 2000) -> pd.DataFr
     spec = read_checkpoint(checkpoints[-1])["spec"]
     runtime = setup("cpu", "auto", arch=spec["backbone"]["arch"], threads=1)
     learner, _ = load_learner(checkpoints[-1], spec, runtime, epoch=int(spec["train"]["epochs"]))
-    split = split_to_device(load_split(workdir / "data" / "processed", "test")[0], runtime.device)
+    split = load_device_split(workdir / "data" / "processed", "test", runtime.device)
     steps, lr = learner.eval_inner_steps, learner.inner_lr
     loops = [(steps, lr), (steps, lr / 4), (1, lr), (2 * steps, lr)]
     rows = []

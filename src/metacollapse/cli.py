@@ -29,22 +29,34 @@ def _json_arg(text: str) -> dict:
 
 
 def cmd_download(args: argparse.Namespace) -> None:
-    from metacollapse.data import download_omniglot
+    from metacollapse import download
 
-    for path in download_omniglot(args.out_dir, args.mirror):
+    if args.list_unverified:
+        for path in download.unverified_files(args.out_dir, args.mirror, args.dataset):
+            print(path)
+        return
+    fetch = {"omniglot": download.download_omniglot, "fashion": download.download_fashion}[args.dataset]
+    for path in fetch(args.out_dir, args.mirror):
         log.info("verified %s", path)
 
 
 def cmd_make_mirror(args: argparse.Namespace) -> None:
-    from metacollapse.data import make_mirror
+    from metacollapse.download import make_mirror
 
-    log.info("wrote %s", make_mirror(args.zips_dir, args.mirror_dir))
+    log.info("wrote %s", make_mirror(args.files_dir, args.mirror_dir, args.dataset))
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
     from metacollapse.data import prepare_splits
 
     for split, path in prepare_splits(args.raw_dir, args.splits_dir, args.out_dir, args.splits).items():
+        log.info("wrote %s (%s)", path, split)
+
+
+def cmd_prepare_fashion(args: argparse.Namespace) -> None:
+    from metacollapse.data import prepare_fashion
+
+    for split, path in prepare_fashion(args.raw_dir, args.out_dir).items():
         log.info("wrote %s (%s)", path, split)
 
 
@@ -76,7 +88,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_make_probes(args: argparse.Namespace) -> None:
-    from metacollapse.features import make_probes
+    from metacollapse.probes import make_probes
 
     make_probes(args.params["probes"], int(args.params["seed"]), args.data_dir, args.out)
 
@@ -140,17 +152,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     spec_help = 'JSON run spec: {"name", "learner", "backbone", "seed", "train", "val"} (metacollapse.runs)'
 
-    p = add("download", cmd_download, "Fetch and verify the two Omniglot zips (kept if already verified).")
+    datasets = ["omniglot", "fashion"]
+    p = add("download", cmd_download, "Fetch and verify the raw files of a dataset (kept if already verified).")
+    p.add_argument("--dataset", choices=datasets, default="omniglot")
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument(
         "--mirror",
         default=None,
-        help="folder or URL prefix with the zips and SHA256SUMS (default: "
-        "$METACOLLAPSE_OMNIGLOT_MIRROR, else the official upstream)",
+        help="folder or URL prefix with the files and SHA256SUMS (default: $METACOLLAPSE_OMNIGLOT_MIRROR or "
+        "$METACOLLAPSE_FASHION_MIRROR, else the official upstream)",
+    )
+    p.add_argument(
+        "--list-unverified",
+        action="store_true",
+        help="download nothing; print the files in --out-dir that match no known-good or source checksum",
     )
 
-    p = add("make-mirror", cmd_make_mirror, "Make a mirror folder (zips + SHA256SUMS) from verified zips.")
-    p.add_argument("zips_dir", type=Path)
+    p = add("make-mirror", cmd_make_mirror, "Make a mirror folder (files + SHA256SUMS) from verified files.")
+    p.add_argument("--dataset", choices=datasets, default="omniglot")
+    p.add_argument("files_dir", type=Path)
     p.add_argument("mirror_dir", type=Path)
 
     p = add("prepare", cmd_prepare, "Render the Vinyals splits to uint8 arrays [classes, 20, 28, 28].")
@@ -158,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits-dir", type=Path, required=True)
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--splits", nargs="+", default=["train", "val", "trainval", "test"])
+
+    p = add("prepare-fashion", cmd_prepare_fashion, "Fashion-MNIST to fashion_train/fashion_test [10, n, 28, 28].")
+    p.add_argument("--raw-dir", type=Path, required=True)
+    p.add_argument("--out-dir", type=Path, required=True)
 
     p = add("data-info", cmd_data_info, "Print JSON with classes, images per class and image shape per split.")
     p.add_argument("processed_dir", type=Path)

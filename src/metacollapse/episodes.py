@@ -1,17 +1,20 @@
 """Few-shot episodes drawn on the training device.
 
-A split lives on the device as one uint8 tensor ``[classes, images_per_class, 28, 28]``. An episode is a pair of
-index tensors (which classes, which images of each class), drawn with a seeded ``torch.Generator``; its images
-are gathered by indexing and turned into floats on the device. No DataLoader and no per-episode Python image work:
-a whole epoch of episode indices is drawn in one call.
+A split lives on the device as one tensor ``[classes, images_per_class, 28, 28]`` (uint8 unless scaled). An
+episode is a pair of index tensors (which classes, which images of each class), drawn with a seeded
+``torch.Generator``; its images are gathered by indexing and turned into floats on the device. No DataLoader and
+no per-episode Python image work: a whole epoch of episode indices is drawn in one call.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+
+from metacollapse.data import load_split, pixel_scale
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,7 @@ def gather_episode(
     """Images of one episode as float tensors on the split's device.
 
     Returns ``support`` ``[n_way * n_support, 1, H, W]`` and ``query`` ``[n_way * n_query, 1, H, W]``, both
-    class-major (all images of class 0 first), values in {0, 1}.
+    class-major (all images of class 0 first), values as the split holds them.
     """
     if len(indices) != 1:
         raise ValueError(f"gather_episode takes one episode, got {len(indices)}")
@@ -106,11 +109,28 @@ def gather_episode(
     return support, query
 
 
-def split_to_device(array: np.ndarray, device: torch.device | str) -> torch.Tensor:
-    """Move a whole uint8 split array to the device once (uint8 keeps it 4x smaller than float32)."""
+def split_to_device(array: np.ndarray, device: torch.device | str, scale: float = 1.0) -> torch.Tensor:
+    """Move a whole uint8 split array to the device once: as uint8 when ``scale`` is 1 (4x smaller than float32),
+    else as float32 ``array * scale`` (``metacollapse.data.pixel_scale``), computed on the CPU."""
     if array.dtype != np.uint8 or array.ndim != 4:
         raise ValueError(f"expected a uint8 array [classes, images, H, W], got {array.dtype} {array.shape}")
-    return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if scale != 1:
+        tensor = tensor.to(torch.float32) * scale
+    return tensor.to(device)
+
+
+def load_device_split(
+    data_dir: Path, split: str, device: torch.device | str, images_per_class: int | None = None
+) -> torch.Tensor:
+    """A processed split (:func:`metacollapse.data.load_split`) on the device, at its pixel scale; with
+    ``images_per_class`` only the first that many images of each class."""
+    array, _ = load_split(Path(data_dir), split)
+    if images_per_class is not None:
+        if not 1 <= images_per_class <= array.shape[1]:
+            raise ValueError(f"split {split!r}: images_per_class={images_per_class}, expected 1 to {array.shape[1]}")
+        array = array[:, :images_per_class]
+    return split_to_device(array, device, pixel_scale(split))
 
 
 def sample_batch_indices(

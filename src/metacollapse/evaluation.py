@@ -20,7 +20,6 @@ import torch
 
 from metacollapse.atomic import atomic_path
 from metacollapse.checkpoints import load_learner
-from metacollapse.data import load_split
 from metacollapse.device import Runtime
 from metacollapse.episodes import (
     EpisodeIndices,
@@ -28,7 +27,7 @@ from metacollapse.episodes import (
     check_spec,
     fixed_episode_indices,
     gather_episode,
-    split_to_device,
+    load_device_split,
 )
 from metacollapse.runs import RUN_COLUMNS, run_columns
 
@@ -113,7 +112,7 @@ def evaluate_run(
     learner, _ = load_learner(checkpoint, spec, runtime, epoch=int(spec["train"]["epochs"]))
     frames = []
     for block in evaluation_blocks(params):
-        split = split_to_device(load_split(Path(data_dir), block["split"])[0], runtime.device)
+        split = load_device_split(data_dir, block["split"], runtime.device)
         frames.append(evaluate(learner, split, block, spec, block["split"]))
     frame = pd.concat(frames, ignore_index=True)
     with atomic_path(out) as tmp:

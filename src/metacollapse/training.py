@@ -31,9 +31,9 @@ from metacollapse.episodes import (
     fixed_episode_indices,
     gather_batch,
     gather_episode,
+    load_device_split,
     sample_batch_indices,
     sample_episode_indices,
-    split_to_device,
 )
 from metacollapse.evaluation import score_episodes
 from metacollapse.models import embedding_dim
@@ -135,12 +135,12 @@ class Session:
 def setup(spec: dict[str, Any], data_dir: Path, runtime: Runtime) -> Session:
     """Data on the device, the freshly initialised learner, its optimizer, schedule and sampling generator."""
     train_cfg, val_cfg = spec["train"], spec["val"]
-    train_array, _ = load_split(data_dir, train_cfg["split"])
-    val_array, _ = load_split(data_dir, val_cfg["split"])
-    n_classes, per_class = train_array.shape[:2]
-    val_shape = episode_spec(val_cfg)
-    check_spec(val_shape, *val_array.shape[:2], f"run {spec['name']!r}: val episodes on split {val_cfg['split']!r}")
     dev = runtime.device
+    train_split = load_device_split(data_dir, train_cfg["split"], dev, train_cfg.get("images_per_class"))
+    val_split = load_device_split(data_dir, val_cfg["split"], dev)
+    n_classes, per_class = train_split.shape[:2]
+    val_shape = episode_spec(val_cfg)
+    check_spec(val_shape, *val_split.shape[:2], f"run {spec['name']!r}: val episodes on split {val_cfg['split']!r}")
 
     torch.manual_seed(int(spec["seed"]))  # model initialisation
     learner = runtime.place(build_run_learner(spec, n_classes))
@@ -163,13 +163,13 @@ def setup(spec: dict[str, Any], data_dir: Path, runtime: Runtime) -> Session:
         optimizer=optimizer,
         scheduler=scheduler,
         generator=torch.Generator(device=dev).manual_seed(int(spec["seed"])),  # episode / batch sampling
-        train_split=split_to_device(train_array, dev),
+        train_split=train_split,
         class_ids=class_ids,
         train_shape=train_shape,
-        val_split=split_to_device(val_array, dev),
+        val_split=val_split,
         val_shape=val_shape,
         val_indices=fixed_episode_indices(
-            *val_array.shape[:2], val_shape, int(val_cfg["episodes"]), int(val_cfg["seed"])
+            *val_split.shape[:2], val_shape, int(val_cfg["episodes"]), int(val_cfg["seed"])
         ),
         columns={
             **run_columns(spec),
