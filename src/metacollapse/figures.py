@@ -25,7 +25,7 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import LogFormatter, MaxNLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from metacollapse.atomic import atomic_path
 from metacollapse.nc import CLASSIFIER_METRICS, FEATURE_METRICS
@@ -536,13 +536,6 @@ def _null_lines(ax: Axes, nulls: pd.Series, groups: dict[str, Group]) -> tuple[b
     return False, True
 
 
-class _PlainLogFormatter(LogFormatter):
-    """Log-axis tick labels as plain numbers (0.3, 0.001, 20), not 3e-01 or 3 x 10^-1."""
-
-    def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
-        return f"{x:.3g}"
-
-
 def _limits(ax: Axes, values: Iterable[float], log: bool, include: float | None = None, axis: str = "y") -> None:
     """Limits that invent no difference: a linear axis of non-negative values starts at 0, a log axis includes
     ``include`` (the null); both hold every value drawn."""
@@ -555,10 +548,16 @@ def _limits(ax: Axes, values: Iterable[float], log: bool, include: float | None 
     if log:
         arr = arr[arr > 0]
         set_scale("log")
-        set_lim(arr.min() / 1.25, arr.max() * 1.25)
+        low, high = arr.min() / 1.25, arr.max() * 1.25
+        set_lim(low, high)
+        # Plain numbers (0.3, 20), not 3 x 10^-1; minor ticks labelled as far as the span leaves room for them.
+        span = np.log10(high / low)
+        shown = range(2, 10) if span < 1 else (2, 5) if span < 2 else ()
         which = ax.yaxis if axis == "y" else ax.xaxis
-        which.set_major_formatter(_PlainLogFormatter())
-        which.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))
+        which.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+        which.set_minor_formatter(
+            FuncFormatter(lambda v, _: f"{v:.3g}" if round(v / 10 ** np.floor(np.log10(v))) in shown else "")
+        )
     elif arr.min() >= 0:
         set_lim(0.0, arr.max() * 1.08 if arr.max() > 0 else 1.0)
 
