@@ -474,22 +474,31 @@ def test_accuracy_intervals_never_leave_zero_to_a_hundred_percent(tmp_path: Path
                     assert ys.max() <= 100.0 + 1e-9 and ys.min() >= -1e-9, (ax.get_title(), ys)
 
 
+def _texts(fig) -> list[str]:
+    """Every text of a figure: suptitle, panel titles and labels, annotations, legends."""
+    texts = [fig.get_suptitle(), *_legend(fig)]
+    for ax in fig.axes:
+        texts += [ax.get_title(), ax.get_xlabel(), ax.get_ylabel(), *(t.get_text() for t in ax.texts)]
+    return [t for t in texts if t]
+
+
 def test_single_seed_groups_claim_no_interval_over_seeds(tmp_path: Path) -> None:
     runs = _runs([("protonet", "conv4", 64.0, (0,))])
     inputs = _write(tmp_path, _nc_table(runs, layers=False), _train_log(runs), _fewshot(runs), runs)
-    make_figures(*inputs[:3], tmp_path / "out", inputs[3], names=["nc1"])
     nc, log, few, groups = _tables(inputs)
+    nc = _embedding(nc)
     for fig in (
-        figures._nc_metric_figure(_embedding(nc), "nc1", groups),
+        figures._nc_metric_figure(nc, "nc1", groups),
         figures._training_figure(log, groups, pd.Series(dtype=float)),
-        figures._model_size_figure(_embedding(nc), log, groups),
+        figures._summary_figure(nc, few, groups),
+        figures._model_size_figure(nc, log, groups),
+        figures._learners_figure(nc, few, groups),
     ):
-        legend = _legend(fig)
-        assert not any("over seeds" in t and "mean" not in t for t in legend), legend
+        claims = [t for t in _texts(fig) if "95%" in t or "CI" in t]
+        assert all("(one seed)" in t for t in claims), claims
         assert not any(isinstance(c, PolyCollection) for ax in fig.axes for c in ax.collections)
-    legend = _legend(figures._summary_figure(_embedding(nc), few, groups))
+    legend = _legend(figures._summary_figure(nc, few, groups))
     assert "error bar: 95% interval over test episodes (one seed)" in legend
-    assert not any("interval over seeds" in t for t in legend)
 
 
 def test_single_seed_groups_show_the_bootstrap_interval_of_the_table(tmp_path: Path) -> None:
