@@ -113,10 +113,24 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
     concat_tables(args.kind, args.inputs, args.out)
 
 
+def cmd_runs_table(args: argparse.Namespace) -> None:
+    from metacollapse.tables import write_runs_table
+
+    text = args.specs
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text(encoding="utf-8")
+    try:
+        specs = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--specs: not valid JSON ({error}): {text[:200]}") from error
+    write_runs_table(specs, args.out)
+    log.info("wrote %s (%d runs)", args.out, len(specs))
+
+
 def cmd_figures(args: argparse.Namespace) -> None:
     from metacollapse.figures import make_figures
 
-    for path in make_figures(args.nc, args.train_log, args.fewshot, args.out_dir):
+    for path in make_figures(args.nc, args.train_log, args.fewshot, args.out_dir, args.runs):
         log.info("wrote %s", path)
 
 
@@ -223,10 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("inputs", type=Path, nargs="+")
 
+    p = add("runs-table", cmd_runs_table, "Write the runs table: one row per run, its spec flattened with dots.")
+    p.add_argument("--specs", required=True, help="JSON list of run specs, or @FILE holding it")
+    p.add_argument("--out", type=Path, required=True)
+
     p = add("figures", cmd_figures, "Draw the figures (PNG and PDF) from the aggregated tables.")
     p.add_argument("--nc", type=Path, required=True)
     p.add_argument("--train-log", type=Path, required=True)
     p.add_argument("--fewshot", type=Path, required=True)
+    p.add_argument("--runs", type=Path, default=None, help="runs table: groups by the spec keys that vary")
     p.add_argument("--out-dir", type=Path, required=True)
 
     p = add("dvc-metrics", cmd_dvc_metrics, "Headline numbers (JSON) and curves (CSV) for dvc metrics / plots.")
