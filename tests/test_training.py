@@ -14,7 +14,8 @@ import metacollapse
 from metacollapse.atomic import atomic_path
 from metacollapse.checkpoints import CheckpointError, load_learner, read_checkpoint
 from metacollapse.device import setup
-from metacollapse.training import LOG_COLUMNS, TIMING_COLUMNS, train
+from metacollapse.tables import TRAIN_LOG_COLUMNS
+from metacollapse.training import TIMING_COLUMNS, train
 
 TRAIN = {
     "split": "train",
@@ -57,7 +58,7 @@ def weights(path):
 
 def test_training_lowers_the_loss_and_keeps_every_epoch_from_the_untrained_one(synthetic_data, tmp_path):
     log = fit(synthetic_data, tmp_path / "run", spec())
-    assert list(log.columns) == list(LOG_COLUMNS) and log["epoch"].tolist() == [0, 1, 2, 3]
+    assert list(log.columns) == list(TRAIN_LOG_COLUMNS) and log["epoch"].tolist() == [0, 1, 2, 3]
     assert log[["run", "learner", "backbone", "width", "seed"]].drop_duplicates().values.tolist() == [
         ["run", "protonet", "conv4", 16, 0]
     ]

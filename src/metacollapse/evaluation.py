@@ -29,11 +29,11 @@ from metacollapse.episodes import (
     gather_episode,
     load_device_split,
 )
-from metacollapse.runs import RUN_COLUMNS, run_columns
+from metacollapse.runs import run_columns
+from metacollapse.tables import FEWSHOT_COLUMNS
 
 log = logging.getLogger(__name__)
 
-EVAL_COLUMNS = (*RUN_COLUMNS, "split", "n_way", "n_shot", "n_query", "episodes", "accuracy", "ci95")
 LOG_PROGRESS_EVERY = 30.0
 
 
@@ -89,7 +89,7 @@ def evaluate(
         }
         log.info("%s: accuracy %.4f ± %.4f", what, row["accuracy"], row["ci95"])
         rows.append(row)
-    return pd.DataFrame(rows, columns=list(EVAL_COLUMNS))
+    return pd.DataFrame(rows, columns=list(FEWSHOT_COLUMNS))
 
 
 def evaluation_blocks(params: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -37,25 +37,12 @@ from metacollapse.episodes import (
 )
 from metacollapse.evaluation import score_episodes
 from metacollapse.models import embedding_dim
-from metacollapse.runs import RUN_COLUMNS, run_columns
 from metacollapse.runs import check_spec as check_run_spec
+from metacollapse.runs import run_columns
+from metacollapse.tables import TRAIN_LOG_COLUMNS
 
 log = logging.getLogger(__name__)
 
-LOG_COLUMNS = (
-    *RUN_COLUMNS,
-    "precision",
-    "n_params",
-    "dim",
-    "epoch",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "lr",
-    "seconds",
-    "steps_per_s",
-)
 TIMING_COLUMNS = ("seconds", "steps_per_s")
 #: Seconds between progress lines in a job's log.
 LOG_PROGRESS_EVERY = 30.0
@@ -300,4 +287,4 @@ def train(spec: Mapping[str, Any], data_dir: Path, out_dir: Path, runtime: Runti
             *(spec["name"], epoch, epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"]),
             *(row["lr"], row["seconds"]),
         )
-    return store.publish(rows, list(LOG_COLUMNS))
+    return store.publish(rows, list(TRAIN_LOG_COLUMNS))
