@@ -7,8 +7,9 @@
 # Extra arguments go to Snakemake (e.g. `--resources gpu=4` to try more GPU slots than the profile's).
 # SKIP="tests bench_training bench_study" leaves those out (a second call that only continues the study).
 # Writes to RESULTS: env.txt, tests.txt, bench_training.txt, bench_study.txt, study.log, and results.tar.gz (run.sh's
-# pack: logs, tables, figures, report; plus the study summary when the study finished, the Snakemake log and
-# nvidia-smi dmon over the study), split into results.tar.gz.0, .1, ... if it is over 15 MiB.
+# pack: logs, each run's and the aggregated tables, figures; the HTML report only with REPORT=1, as it is about
+# 10 MB; plus tools/summarize_study.py's summary when the study finished, the Snakemake log and nvidia-smi dmon
+# over the study), split into results.tar.gz.0, .1, ... if it is over 15 MiB.
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 : "${RESULTS:?set RESULTS to the folder that receives the packed files}"
@@ -79,7 +80,7 @@ if command -v nvidia-smi >/dev/null && [ "$device" = cuda ]; then
 fi
 if (( study_budget > 30 )); then
   echo "== study $study (at most ${study_budget} s)"
-  BUDGET=$study_budget RESULTS=$pack tools/offline_gpu/run.sh --configfile "$study" "$@" >"$RESULTS/study.log" 2>&1
+  BUDGET=$study_budget RESULTS=$pack REPORT=${REPORT:-0} tools/offline_gpu/run.sh --configfile "$study" "$@" >"$RESULTS/study.log" 2>&1
   rc=$?
 else
   echo "skipped: ${study_budget} s left for the study" >"$RESULTS/study.log"
@@ -91,7 +92,11 @@ echo "== study exit status $rc after $(( $(date +%s) - deadline + budget )) s of
 # One archive: run.sh's pack with the summary (finished studies), the Snakemake log and dmon added.
 extra=$(mktemp -d)
 [ -f "$pack/results.tar.gz" ] && tar -xzf "$pack/results.tar.gz" -C "$extra"
-[ "$rc" = 0 ] && python3 tools/summarize_study.py . "$extra/summary" >"$extra/summary.log" 2>&1
+[ "${REPORT:-0}" = 1 ] || rm -f "$extra/results/report.html"  # one an earlier call made
+if [ "$rc" = 0 ]; then  # its figures are copies of results/figures
+  python3 tools/summarize_study.py . "$extra/summary" >"$extra/summary.log" 2>&1
+  rm -rf "$extra/summary/figures"
+fi
 newest=$(ls -t .snakemake/log/*.snakemake.log 2>/dev/null | head -1)
 [ -n "$newest" ] && cp "$newest" "$extra/snakemake.log"
 [ -f "$pack/nvidia_smi_dmon.txt" ] && cp "$pack/nvidia_smi_dmon.txt" "$extra/"
