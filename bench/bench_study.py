@@ -8,12 +8,13 @@ untimed steps (a graph is captured in them), waits until every worker of the mea
 is N workers started together, the threads divided among them (``threads // N`` each, at least 1). The aggregate
 rate is N x episodes over the span from the first worker's start to the last one's end. Printed as
 ``RESULT bench=study ... runs=N mode=alone|processes ... episodes_per_s=...`` lines, then the ratio of each
-aggregate to the run alone. Several ``--compile`` modes are each measured alone (with their ratio to the first);
-processes use the first. ``--rounds`` repeats every measurement, the order flipping every round, and adds the
-medians (single rounds carry a ``round`` key).
+aggregate to the first run alone. Several ``--compile`` modes and ``--precision`` values are each measured alone
+(with their ratio to the first); processes use the first of each. ``--rounds`` repeats every measurement, the
+order flipping every round, and adds the medians (single rounds carry a ``round`` key).
 
     python bench/bench_study.py --device cpu --runs 2 --episodes 3
-    python bench/bench_study.py --device cuda --runs 2 4 --episodes 300 --compile graph none reduce-overhead
+    python bench/bench_study.py --device cuda --runs 2 4 --episodes 300 --compile graph none reduce-overhead \
+        --precision bf16 fp32
 """
 
 from __future__ import annotations
@@ -85,7 +86,16 @@ def worker(job: dict, ready, results) -> None:
         loss = float(stepper.totals()[0])  # waits for the device
         ended = time.perf_counter()
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
-        results.put({"began": began, "ended": ended, "mode": stepper.mode, "loss": loss, "peak_mib": peak})
+        results.put(
+            {
+                "began": began,
+                "ended": ended,
+                "mode": stepper.mode,
+                "precision": precision,
+                "loss": loss,
+                "peak_mib": peak,
+            }
+        )
     except BaseException:
         ready.abort()
         results.put({"error": traceback.format_exc()})
@@ -119,6 +129,7 @@ def measure(job: dict, runs: int, threads: int) -> dict:
         "episodes_per_s": runs * job["episodes"] / span,
         "slowest": min(job["episodes"] / (r["ended"] - r["began"]) for r in reports),
         "compile_used": reports[0]["mode"],
+        "precision": reports[0]["precision"],
         "peak_mib": max(r["peak_mib"] for r in reports),
     }
 
@@ -144,7 +155,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="rounds of every measurement (medians over them)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads in all, divided among runs")
     parser.add_argument("--compile", nargs="+", default=["auto"], choices=["auto", "none", "graph", "reduce-overhead"])
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--precision", nargs="+", default=["auto"], choices=["auto", "fp32", "bf16"])
     parser.add_argument("--learner", default="protonet")
     parser.add_argument("--backbone", default="conv4")
     parser.add_argument("--width", type=int, default=None, help="backbone width (default: the backbone's)")
@@ -171,36 +182,39 @@ def main() -> int:
         np.save(split, array)
         job = {
             "device": args.device, "split": str(split), "seed": 0, "warmup": warmup, "episodes": args.episodes,
-            "precision": args.precision, "spec": {"learner": {"name": args.learner}, "backbone": backbone},
+            "spec": {"learner": {"name": args.learner}, "backbone": backbone},
             "n_way": args.n_way, "n_support": args.n_support, "n_query": args.n_query, "batch_size": args.batch_size,
         }  # fmt: skip
         common = {"bench": "study", "device": device.type, "backbone": args.backbone, "learner": args.learner}
-        plan = [("alone", mode, 1, args.threads) for mode in args.compile]
-        plan += [("processes", args.compile[0], runs, max(1, args.threads // runs)) for runs in args.runs]
+        # Alone: every compile mode x precision; side by side: the first of each.
+        plan = [("alone", mode, prec, 1, args.threads) for prec in args.precision for mode in args.compile]
+        first = (args.compile[0], args.precision[0])
+        plan += [("processes", *first, runs, max(1, args.threads // runs)) for runs in args.runs]
         rates = {key: [] for key in plan}
         for r in range(1, args.rounds + 1):
             for key in plan if r % 2 else reversed(plan):  # the order flips every round, so load drift hits all
-                kind, mode, runs, threads = key
-                got = measure({**job, "compile": mode}, runs, threads)
+                kind, mode, prec, runs, threads = key
+                got = measure({**job, "compile": mode, "precision": prec}, runs, threads)
                 rates[key].append(got)
-                result(**common, compile=got["compile_used"], runs=runs, mode=kind, threads_per_run=threads, round=r,
-                       episodes_per_s=got["episodes_per_s"], slowest_run_episodes_per_s=got["slowest"],
-                       peak_mib=got["peak_mib"])  # fmt: skip
+                result(**common, compile=got["compile_used"], precision=got["precision"], runs=runs, mode=kind,
+                       threads_per_run=threads, round=r, episodes_per_s=got["episodes_per_s"],
+                       slowest_run_episodes_per_s=got["slowest"], peak_mib=got["peak_mib"])  # fmt: skip
         median = {key: statistics.median(g["episodes_per_s"] for g in got) for key, got in rates.items()}
+        labels = {
+            key: {"compile": got[0]["compile_used"], "precision": got[0]["precision"]} for key, got in rates.items()
+        }
         for key, got in rates.items():
-            kind, mode, runs, threads = key
-            result(**common, compile=got[0]["compile_used"], runs=runs, mode=kind, threads_per_run=threads,
-                   episodes_per_s=median[key], slowest_run_episodes_per_s=statistics.median(g["slowest"] for g in got),
+            kind, mode, prec, runs, threads = key
+            result(**common, **labels[key], runs=runs, mode=kind, threads_per_run=threads, episodes_per_s=median[key],
+                   slowest_run_episodes_per_s=statistics.median(g["slowest"] for g in got),
                    peak_mib=max(g["peak_mib"] for g in got))  # fmt: skip
         alone = median[plan[0]]
-        for key in plan[len(args.compile) :]:
-            kind, mode, runs, threads = key
-            result(
-                **common, compile=rates[key][0]["compile_used"], runs=runs, ratio_processes_vs_alone=median[key] / alone
-            )
-        for key in plan[1 : len(args.compile)]:
-            result(**common, compile=rates[key][0]["compile_used"], runs=1,
-                   ratio_vs_first_compile=median[key] / alone)  # fmt: skip
+        for key in plan:
+            kind, mode, prec, runs, threads = key
+            if kind == "processes":
+                result(**common, **labels[key], runs=runs, ratio_processes_vs_alone=median[key] / alone)
+            elif key != plan[0]:
+                result(**common, **labels[key], runs=1, ratio_vs_first_alone=median[key] / alone)
     print(f"load average at the end {os.getloadavg()[0]:.2f}", flush=True)
     return 0
 

@@ -48,7 +48,7 @@ if [ "$preset" = quick ]; then
 else
   tests=()
   training=(--episodes 30 --rounds 3 --no-baseline)
-  studying=(--runs 2 4 --episodes 300 --compile auto none reduce-overhead)
+  studying=(--runs 2 4 --episodes 300 --compile auto none reduce-overhead --precision auto fp32)
 fi
 
 {
@@ -64,10 +64,10 @@ fi
 } >"$RESULTS/env.txt" 2>&1
 cat "$RESULTS/env.txt"
 
-step tests 120 python3 -m pytest tests/test_step.py -q -p no:cacheprovider "${tests[@]}"
-step bench_training 90 python3 bench/bench_training.py --device "$device" --mirror "$OFFLINE/omniglot" \
+step tests 100 python3 -m pytest tests/test_step.py -q -p no:cacheprovider "${tests[@]}"
+step bench_training 80 python3 bench/bench_training.py --device "$device" --mirror "$OFFLINE/omniglot" \
   "${training[@]}"
-step bench_study 150 python3 bench/bench_study.py --device "$device" --mirror "$OFFLINE/omniglot" \
+step bench_study 200 python3 bench/bench_study.py --device "$device" --mirror "$OFFLINE/omniglot" \
   "${studying[@]}"
 
 # The study: whatever is left, less 40 s for packing. run.sh stops Snakemake at its BUDGET and packs.
