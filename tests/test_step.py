@@ -54,8 +54,8 @@ def draw_epoch(learner, generator, meta_batch):
 
 
 def reference_run(name, options, meta_batch, precision, split, device="cpu"):
-    """The training stage's loop as it was before the step had its own module (metacollapse.training), verbatim
-    but for the names; returns the running (loss_sum, acc_sum) after every step, the learner, the optimizer."""
+    """The training loop written out plainly, with the training stage's names and statements; returns the running
+    (loss_sum, acc_sum) after every step, the learner, the optimizer and the sampling generator."""
     learner, optimizer, scheduler = make_run(name, options, precision, device)
     generator = torch.Generator(device=device).manual_seed(0)
     train_split, train_spec, steps, dev = split, SPEC, STEPS, torch.device(device)
