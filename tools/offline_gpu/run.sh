@@ -4,8 +4,8 @@
 # Installs the wheels into /tmp/metacollapse-site (once), runs Snakemake with the workstation profile and the
 # packed Omniglot mirror, stopping itself after BUDGET seconds (default: no limit) so that a machine booked for
 # a fixed time can be called again: the next call resumes (training from its last epoch, see
-# metacollapse.training). Writes RESULTS/results.tar.gz: logs, training logs, few-shot tables, NC tables,
-# figures and the report (not checkpoints or features, which stay on the machine).
+# metacollapse.training). REPORT=0 skips the HTML report (about 10 MB). Writes RESULTS/results.tar.gz: logs, training logs, few-shot tables, NC tables (each
+# run's and the aggregated ones), figures and the report (not checkpoints or features, which stay on the machine).
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 offline=$(cd "${OFFLINE:-$repo/.offline}" && pwd)
@@ -27,15 +27,17 @@ start=$(date +%s)
   --config omniglot_mirror="$offline/omniglot" --nolock "$@"
 rc=$?
 echo "snakemake exit status $rc after $(( $(date +%s) - start )) s"
-if [ "$rc" = 0 ]; then
+if [ "$rc" = 0 ] && [ "${REPORT:-1}" = 1 ]; then
   python3 -m snakemake --workflow-profile workflow/profiles/default --config omniglot_mirror="$offline/omniglot" \
     --nolock "$@" --report results/report.html || rc=$?
 fi
 if [ -n "${RESULTS:-}" ]; then
   mkdir -p "$RESULTS"
+  # Each run's own tables too, so that a run stopped by BUDGET brings back what its finished jobs made.
   # shellcheck disable=SC2046
   tar -czf "$RESULTS/results.tar.gz" --ignore-failed-read logs reports results/figures results/report.html \
-    $(ls results/*.csv 2>/dev/null) 2>/dev/null
+    $(ls results/*.csv results/*/train_log.csv results/*/fewshot_accuracy.csv results/*/nc/*.csv 2>/dev/null) \
+    2>/dev/null
   ls -la "$RESULTS"
 fi
 exit $rc
