@@ -76,16 +76,16 @@ def test_training_lowers_the_loss_and_keeps_every_epoch_from_the_untrained_one(s
 def test_an_episodic_learner_on_a_class_subset_draws_its_episodes_from_those_classes(
     synthetic_data, tmp_path, monkeypatch
 ):
-    import metacollapse.training as training
+    import metacollapse.step as step
     from metacollapse.learners import class_subset
 
-    seen, gather = [], training.gather_episode
+    seen, gather = [], step.gather_episode
 
     def recording_gather(split, episode, episode_spec):
-        seen.append(episode.classes[0])
+        seen.append(episode.classes[0].clone())  # the step reuses its index buffers
         return gather(split, episode, episode_spec)
 
-    monkeypatch.setattr(training, "gather_episode", recording_gather)
+    monkeypatch.setattr(step, "gather_episode", recording_gather)
     run = spec(learner="protonet_head", epochs=1, learner_options={"classes": 12, "class_seed": 3})
     fit(synthetic_data, tmp_path / "run", run)
     assert len(seen) == TRAIN["steps_per_epoch"]

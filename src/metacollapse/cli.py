@@ -71,8 +71,10 @@ def _runtime(args: argparse.Namespace):
     from metacollapse.device import setup
 
     arch = args.spec["backbone"].get("arch") if isinstance(args.spec.get("backbone"), dict) else None
-    deterministic = getattr(args, "deterministic", False)
-    return setup(args.device, args.precision, arch=arch, threads=args.threads, deterministic=deterministic)
+    deterministic, compile = getattr(args, "deterministic", False), getattr(args, "compile", "auto")
+    return setup(
+        args.device, args.precision, arch=arch, threads=args.threads, deterministic=deterministic, compile=compile
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -205,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--deterministic", action="store_true", help="bitwise-repeatable CUDA kernels")
+    p.add_argument(
+        "--compile", default="auto", help="how steps run: auto (graph on CUDA), none, graph, reduce-overhead"
+    )
     compute_options(p)
 
     p = add("evaluate", cmd_evaluate, "Few-shot accuracy of a run's final checkpoint on novel classes.")

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16")
+#: How a training step runs (:mod:`metacollapse.step`): eagerly, as a captured CUDA graph, or torch.compile'd.
+COMPILE_MODES = ("auto", "none", "graph", "reduce-overhead")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -34,6 +36,17 @@ def resolve_device(device: str) -> torch.device:
         if index is not None and index >= count:
             raise RuntimeError(f"device={device!r} was requested but this machine has {count} CUDA device(s)")
     return torch.device(device)
+
+
+def resolve_compile(mode: str, device: torch.device) -> str:
+    """``auto``: ``graph`` on CUDA, ``none`` elsewhere. ``graph`` needs CUDA."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {COMPILE_MODES}, got {mode!r}")
+    if mode == "auto":
+        return "graph" if device.type == "cuda" else "none"
+    if mode == "graph" and device.type != "cuda":
+        raise ValueError(f"compile 'graph' captures CUDA graphs and needs a CUDA device, got {device.type!r}")
+    return mode
 
 
 @functools.cache
@@ -148,6 +161,7 @@ class Runtime:
 
     device: torch.device
     precision: str  # "fp32" or "bf16", never "auto"
+    compile: str = "none"  # how training steps run: "none", "graph" or "reduce-overhead", never "auto"
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.precision)
@@ -158,7 +172,8 @@ class Runtime:
         return prepare_model(learner, self.device, self.precision)
 
     def describe(self) -> str:
-        return f"{self.device.type}/{self.precision}"
+        """What of the runtime changes a run's numbers: the device type, the precision, and how steps run."""
+        return f"{self.device.type}/{self.precision}" + ("" if self.compile == "none" else f"/{self.compile}")
 
 
 def setup(
@@ -168,8 +183,9 @@ def setup(
     arch: str | None = None,
     threads: int | None = None,
     deterministic: bool = False,
+    compile: str = "auto",
 ) -> Runtime:
     """Configure this process (:func:`configure`) and decide where and how ``arch`` runs, once per stage."""
     configure(threads, deterministic)
     dev = resolve_device(device)
-    return Runtime(dev, resolve_precision(precision, dev, arch))
+    return Runtime(dev, resolve_precision(precision, dev, arch), resolve_compile(compile, dev))

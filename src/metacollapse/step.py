@@ -16,26 +16,15 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
+from metacollapse.device import resolve_compile
 from metacollapse.episodes import EpisodeIndices, EpisodeSpec, gather_batch, gather_episode
 from metacollapse.learners import Learner
 
 log = logging.getLogger(__name__)
 
-COMPILE_MODES = ("auto", "none", "graph", "reduce-overhead")
 #: Eager steps on a side stream before capture (PyTorch's CUDA-graph recipe: lazy initialisation such as Adam's
 #: state, cuBLAS workspaces and cuDNN autotuning happens in them, not in the graph). They are real steps.
 WARMUP_STEPS = 3
-
-
-def resolve_compile(mode: str, device: torch.device) -> str:
-    """``auto``: ``graph`` on CUDA, ``none`` elsewhere. ``graph`` needs CUDA."""
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"compile must be one of {COMPILE_MODES}, got {mode!r}")
-    if mode == "auto":
-        return "graph" if device.type == "cuda" else "none"
-    if mode == "graph" and device.type != "cuda":
-        raise ValueError(f"compile 'graph' captures CUDA graphs and needs a CUDA device, got {device.type!r}")
-    return mode
 
 
 @contextlib.contextmanager

@@ -29,8 +29,6 @@ from metacollapse.episodes import (
     EpisodeSpec,
     check_spec,
     fixed_episode_indices,
-    gather_batch,
-    gather_episode,
     load_device_split,
     sample_batch_indices,
     sample_episode_indices,
@@ -39,6 +37,7 @@ from metacollapse.evaluation import score_episodes
 from metacollapse.models import embedding_dim
 from metacollapse.runs import check_spec as check_run_spec
 from metacollapse.runs import run_columns
+from metacollapse.step import Stepper
 from metacollapse.tables import TRAIN_LOG_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -192,44 +191,29 @@ def start_or_resume(session: Session, store: RunStore, n_classes: int) -> list[d
     return rows
 
 
-def _batches(session: Session) -> Iterator[tuple[torch.Tensor, ...]]:
-    """One epoch of steps: per step the episodes (``meta_batch`` of them) or the mini-batch, drawn up front."""
+def _batches(session: Session) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of steps, drawn up front: per step the (classes, images) indices of its ``meta_batch`` episodes
+    or of its mini-batch, as :class:`~metacollapse.step.Stepper` takes them."""
     s, per_class = session, session.train_split.shape[1]
     if s.train_shape is not None:
         drawn = sample_episode_indices(len(s.class_ids), per_class, s.train_shape, s.steps * s.meta_batch, s.generator)
-        drawn = EpisodeIndices(s.class_ids[drawn.classes], drawn.images)  # positions -> split class ids
-        for step in range(s.steps):
-            yield tuple(drawn[step * s.meta_batch + task] for task in range(s.meta_batch))
+        classes = s.class_ids[drawn.classes]  # positions -> split class ids
+        for rows in (slice(step * s.meta_batch, (step + 1) * s.meta_batch) for step in range(s.steps)):
+            yield classes[rows], drawn.images[rows]
     else:
-        classes, images = sample_batch_indices(
-            s.class_ids, per_class, int(s.spec["train"]["batch_size"]), s.steps, s.generator
-        )
-        yield from zip(classes, images, strict=True)
+        batch_size = int(s.spec["train"]["batch_size"])
+        yield from zip(*sample_batch_indices(s.class_ids, per_class, batch_size, s.steps, s.generator), strict=True)
 
 
-def train_epoch(session: Session, epoch: int, run_began: float, steps_before: int) -> dict[str, Any]:
+def train_epoch(session: Session, stepper: Stepper, epoch: int, run_began: float, steps_before: int) -> dict[str, Any]:
     """One epoch of optimizer steps and its validation; returns the epoch's log row."""
     s = session
     began = shown = time.perf_counter()
     s.learner.train()
-    loss_sum = torch.zeros((), device=s.runtime.device)
-    acc_sum = torch.zeros((), device=s.runtime.device)
-    for step, batch in enumerate(_batches(s), start=1):
-        s.optimizer.zero_grad(set_to_none=True)
-        if s.train_shape is not None:
-            for episode in batch:  # the gradients of the meta-batch's episodes are averaged
-                support, query = gather_episode(s.train_split, episode, s.train_shape)
-                loss, accuracy = s.learner.episode_loss(support, query, s.train_shape.n_way, episode.classes[0])
-                (loss / s.meta_batch).backward()
-                loss_sum += loss.detach() / s.meta_batch
-                acc_sum += accuracy / s.meta_batch
-        else:
-            classes, images = batch
-            loss, accuracy = s.learner.batch_loss(gather_batch(s.train_split, classes, images), classes)
-            loss.backward()
-            loss_sum += loss.detach()
-            acc_sum += accuracy
-        s.optimizer.step()
+    stepper.reset()
+    loss_sum, acc_sum = stepper.totals()
+    for step, (classes, images) in enumerate(_batches(s), start=1):
+        stepper.step(classes, images)
         if time.perf_counter() - shown >= LOG_PROGRESS_EVERY:  # reading the running loss syncs with the device
             shown = time.perf_counter()
             rate = (steps_before + step) / (shown - run_began)
@@ -241,7 +225,7 @@ def train_epoch(session: Session, epoch: int, run_began: float, steps_before: in
             )
     train_seconds = time.perf_counter() - began
     val_loss, val_acc = s.validate()
-    lr = s.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
+    lr = float(s.optimizer.param_groups[0]["lr"])  # the rate this epoch trained with
     s.scheduler.step()
     return {
         **s.columns,
@@ -277,9 +261,13 @@ def train(spec: Mapping[str, Any], data_dir: Path, out_dir: Path, runtime: Runti
     session = setup(spec, data_dir, runtime)
     n_classes = int(session.train_split.shape[0])
     rows = start_or_resume(session, store, n_classes)
+    shape = session.train_shape or int(spec["train"]["batch_size"])
+    stepper = Stepper(
+        session.learner, session.optimizer, session.train_split, shape, session.meta_batch, runtime.compile
+    )
     run_began, first = time.perf_counter(), len(rows)
     for epoch in range(first, epochs + 1):
-        row = train_epoch(session, epoch, run_began, (epoch - first) * session.steps)
+        row = train_epoch(session, stepper, epoch, run_began, (epoch - first) * session.steps)
         rows.append(row)
         store.save(session.learner, spec, epoch, n_classes, _resume_state(session, rows))
         log.info(
