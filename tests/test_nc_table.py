@@ -14,8 +14,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from metacollapse import cli
 from metacollapse.nc import CLASSIFIER_METRICS, FEATURE_METRICS, nc_metrics, null_baseline, protonet_nc
-from metacollapse.nc_table import TABLE_COLUMNS, epoch_nc_table, load_feature_dump, nc_tables_for_run
+from metacollapse.nc_table import (
+    TABLE_COLUMNS,
+    bootstrap_rng,
+    epoch_nc_table,
+    load_feature_dump,
+    nc_tables_for_run,
+    stratified_resamples,
+)
 
 # name: (kind, episodes, n_way, n_support, n_query); for class probes (kind, 1, classes, n_support, rest)
 PROBES = {
@@ -150,6 +158,35 @@ def test_an_episodic_probe_whose_episodes_differ_in_layout_is_an_error_naming_th
         epoch_nc_table(dump)
 
 
+def relabel(dump: dict[str, np.ndarray], role: int, new_label: int, count: int) -> dict[str, np.ndarray]:
+    """Give ``count`` rows of one class and ``role`` in episode 1 of train_episodes the label ``new_label``."""
+    rows = (dump["probe"] == 0) & (dump["episode"] == 1) & (dump["role"] == role)
+    victim = dump["labels"][rows][0]
+    picked = np.flatnonzero(rows & (dump["labels"] == victim))[:count]
+    dump["labels"][picked] = new_label
+    return dump
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # a query image moves to another class of its episode: 12 rows still, per class 2, 3, 3, 4
+        (
+            lambda d, other: relabel(d, 1, other, 1),
+            r"query: episode 1 has \[.*\] images per class, episode 0 has \[3, 3, 3, 3\]",
+        ),
+        # all 3 queries of a class move to a class the episode does not have: the layouts agree, the classes not
+        (lambda d, other: relabel(d, 1, 99, 3), "the support and query rows of an episode must hold the same classes"),
+    ],
+)
+def test_an_episodic_probe_with_episodes_of_other_class_layouts_is_an_error(change, message):
+    dump = make_dump(np.random.default_rng(16))
+    rows = (dump["probe"] == 0) & (dump["episode"] == 1)
+    change(dump, dump["labels"][rows & (dump["role"] == 1)][-1])
+    with pytest.raises(ValueError, match=f"feature dump: probe 'train_episodes'.*{message}"):
+        epoch_nc_table(dump)
+
+
 def test_nc_tables_for_run_writes_the_csv_atomically(tmp_path):
     dump = make_dump(np.random.default_rng(13))
     npz = tmp_path / "epoch_007.npz"
@@ -275,3 +312,174 @@ def test_meta_without_a_run_column_is_an_error():
     dump["meta"] = np.array(json.dumps({k: v for k, v in META.items() if k != "learner"}))
     with pytest.raises(ValueError, match=r"'meta' is missing \['learner'\]"):
         epoch_nc_table(dump)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Layers
+# ------------------------------------------------------------------------------------------------------------
+def with_layers(dump: dict[str, np.ndarray], dims: dict[str, int], seed: int = 60) -> dict[str, np.ndarray]:
+    """Extra layers ``features@<name>``: tanh of a random projection of the embedding (classes stay apart)."""
+    rng = np.random.default_rng(seed)
+    out = {**dump, "layer_names": np.array(list(dims))}
+    for name, dim in dims.items():
+        projection = rng.normal(size=(dump["features"].shape[1], dim)) / 3.0
+        out[f"features@{name}"] = np.tanh(dump["features"] @ projection).astype(np.float32)
+    return out
+
+
+def test_each_layer_is_a_block_of_rows_measured_as_if_it_were_the_embedding():
+    base = make_dump(np.random.default_rng(61))
+    ids = np.arange(12)
+    dump = with_layers(with_classifier(base, "train", ids, np.ones((12, 6)), ids.astype(float)), {"b1": 4, "b2": 9})
+    table = epoch_nc_table(dump, bootstrap=30)
+    assert list(dict.fromkeys(table["layer"])) == ["embedding", "b1", "b2"]
+    assert (table["layer"] != table["layer"].shift()).sum() == 3  # one contiguous block per layer
+    assert set(table.loc[table["set"] == "classifier", "layer"]) == {"embedding"}  # the head sees the embedding
+    measured = ["mean", "std", "null", "ci_low", "ci_high"]
+    for layer in ("b1", "b2"):
+        alone = epoch_nc_table({**base, "features": dump[f"features@{layer}"]}, bootstrap=30)
+        block = table[table["layer"] == layer].reset_index(drop=True)
+        assert block[["probe", "set", "metric"]].equals(alone[["probe", "set", "metric"]])
+        np.testing.assert_array_equal(block[measured].to_numpy(), alone[measured].to_numpy())
+    nulls = table.set_index(["layer", "probe", "set", "metric"])["null"]
+    _, _, n_way, n_sup, n_qry = PROBES["val_episodes"]
+    for layer, dim in (("b1", 4), ("b2", 9)):  # the null of each layer's own width
+        null = null_baseline([n_qry] * n_way, dim, support_counts=[n_sup] * n_way)
+        assert nulls[(layer, "val_episodes", "query", "gnc2")] == null["gnc2"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d.pop("features@b2"), r"layer_names \['b1', 'b2'\] but the dump has no \['features@b2'\]"),
+        (lambda d: d.update({"features@b3": d["features@b1"]}), r"has \['features@b3'\] but layer_names"),
+        (lambda d: d.update({"layer_names": np.array(["b1", "embedding"])}), "must not name 'embedding'"),
+        (
+            lambda d: d.update({"features@b1": d["features@b1"][:-1]}),
+            "'features@b1' has 115 rows but 'features' has 116",
+        ),
+        (lambda d: d["features@b2"].__setitem__((0, 0), np.nan), r"'features@b2' contain non-finite values"),
+    ],
+)
+def test_a_dump_with_inconsistent_layers_is_an_error_naming_the_layer(change, message):
+    dump = with_layers(make_dump(np.random.default_rng(62)), {"b1": 3, "b2": 5})
+    change(dump)
+    with pytest.raises(ValueError, match=message):
+        epoch_nc_table(dump, bootstrap=0)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Bootstrap intervals
+# ------------------------------------------------------------------------------------------------------------
+def test_stratified_resamples_draw_every_position_uniformly_from_its_own_stratum():
+    strata = np.array([3, 3, 0, 1, 1, 1, 0, 3])
+    idx = stratified_resamples(strata, 6000, np.random.default_rng(0))
+    assert idx.shape == (6000, 8)
+    assert np.array_equal(strata[idx], np.broadcast_to(strata, idx.shape))  # never leaves its stratum
+    for stratum in (0, 1, 3):
+        members = np.flatnonzero(strata == stratum)
+        drawn = idx[:, strata == stratum]  # 6000 x |stratum| draws, each member expected 6000 times
+        counts = np.array([np.count_nonzero(drawn == m) for m in members])
+        assert np.all(np.abs(counts - 6000) < 400), (stratum, counts)
+    assert np.array_equal(idx, stratified_resamples(strata, 6000, np.random.default_rng(0)))
+
+
+def per_episode_values(dump: dict[str, np.ndarray], p: int) -> dict[str, dict[str, np.ndarray]]:
+    """{set: {metric: one value per episode, in episode order}} of episodic probe ``p``, episode by episode."""
+    f, y = dump["features"], dump["labels"]
+    per: dict[str, dict[str, list[float]]] = {}
+    for ep in np.unique(dump["episode"][dump["probe"] == p]):
+        rows = (dump["probe"] == p) & (dump["episode"] == ep)
+        s, q = rows & (dump["role"] == 0), rows & (dump["role"] == 1)
+        for set_name, values in (
+            ("support", nc_metrics(f[s], y[s])),
+            ("query", nc_metrics(f[q], y[q])),
+            ("protonet", protonet_nc(f[s], y[s], f[q], y[q])),
+        ):
+            for key, value in values.items():
+                per.setdefault(set_name, {}).setdefault(key, []).append(value)
+    return {s: {k: np.array(v) for k, v in metrics.items()} for s, metrics in per.items()}
+
+
+def test_an_episodic_interval_is_the_percentile_interval_of_means_of_episodes_drawn_with_replacement():
+    dump = make_dump(np.random.default_rng(63))
+    table = epoch_nc_table(dump, bootstrap=300).set_index(["probe", "set", "metric"])
+    for p, name in ((0, "train_episodes"), (1, "val_episodes")):
+        for set_name, metrics in per_episode_values(dump, p).items():
+            rng = bootstrap_rng(name, set_name)
+            n_episodes = len(next(iter(metrics.values())))
+            draws = rng.integers(0, n_episodes, size=(300, n_episodes))
+            for key, per in metrics.items():
+                means = [np.mean(per[row]) for row in draws]
+                low, high = table.loc[(name, set_name, key), ["ci_low", "ci_high"]]
+                assert low == pytest.approx(np.percentile(means, 2.5), rel=1e-9, abs=1e-12), (name, set_name, key)
+                assert high == pytest.approx(np.percentile(means, 97.5), rel=1e-9, abs=1e-12), (name, set_name, key)
+                if np.ptp(per) > 0:
+                    assert low < np.mean(per) < high, (name, set_name, key)
+
+
+def test_a_class_probe_interval_recomputes_every_metric_on_images_resampled_within_class_and_role():
+    dump = make_dump(np.random.default_rng(64))
+    table = epoch_nc_table(dump, bootstrap=200).set_index(["probe", "set", "metric"])
+    f, y, role = dump["features"], dump["labels"], dump["role"]
+    rows = np.flatnonzero(dump["probe"] == 2)
+    rows = rows[np.argsort(y[rows], kind="stable")]  # grouped by class, as the table orders a class probe
+    strata = 2 * np.unique(y[rows], return_inverse=True)[1] + (role[rows] != 0)
+    reps: dict[str, list[dict[str, float]]] = {"all": [], "protonet": []}
+    for b in stratified_resamples(strata, 200, bootstrap_rng("train_classes", "all")):
+        reps["all"].append(nc_metrics(f[rows[b]], y[rows[b]]))
+    for b in stratified_resamples(strata, 200, bootstrap_rng("train_classes", "protonet")):
+        sup = rows[b][role[rows[b]] == 0]
+        reps["protonet"].append(protonet_nc(f[sup], y[sup], f[rows[b]], y[rows[b]]))
+    for set_name, values in reps.items():
+        for key in values[0]:
+            low, high = np.percentile([v[key] for v in values], [2.5, 97.5])
+            got = table.loc[("train_classes", set_name, key), ["ci_low", "ci_high"]].to_numpy()
+            np.testing.assert_allclose(got, [low, high], rtol=1e-9, atol=1e-12, err_msg=f"{set_name} {key}")
+
+
+def test_images_identical_within_class_and_role_give_intervals_of_zero_width_at_the_estimate():
+    # Resampling images within a class and role then changes nothing; resampling classes, or mixing support and
+    # other images (they differ here), would move every metric.
+    dump = make_dump(np.random.default_rng(65))
+    rows = dump["probe"] == 2
+    centres = np.random.default_rng(66).normal(size=(12, 2, 6)).astype(np.float32)
+    dump["features"][rows] = centres[dump["labels"][rows], (dump["role"][rows] != 0).astype(int)]
+    table = epoch_nc_table(dump, bootstrap=50)
+    probe = table[table["probe"] == "train_classes"]
+    assert probe["mean"].notna().all()
+    np.testing.assert_allclose(probe["ci_low"], probe["mean"], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(probe["ci_high"], probe["mean"], rtol=1e-9, atol=1e-12)
+    episodic = table[table["probe"] != "train_classes"]
+    assert (episodic["ci_high"] > episodic["ci_low"]).sum() > len(episodic) / 2  # the episodes do differ
+
+
+def test_intervals_are_reproducible_bitwise_change_with_the_seed_and_bootstrap_0_writes_nan():
+    dump = with_classifier(make_dump(np.random.default_rng(67)), "train", np.arange(12), np.eye(12, 6), np.zeros(12))
+    first, again = epoch_nc_table(dump, bootstrap=40), epoch_nc_table(dump, bootstrap=40)
+    other = epoch_nc_table(dump, bootstrap=40, bootstrap_seed=1)
+    none = epoch_nc_table(dump, bootstrap=0)
+    intervals = ["ci_low", "ci_high"]
+    assert first.equals(again)
+    assert first[intervals].notna().all().all()
+    assert (first["ci_low"] <= first["ci_high"]).all()
+    assert set(first.loc[first["set"] == "classifier", "probe"]) == {"train_episodes", "train_classes"}
+    assert not np.array_equal(first[intervals].to_numpy(), other[intervals].to_numpy())
+    assert none[intervals].isna().all().all()
+    assert none.drop(columns=intervals).equals(first.drop(columns=intervals))  # the estimates do not move
+    with pytest.raises(ValueError, match="bootstrap must be >= 0 replicates, got -1"):
+        epoch_nc_table(dump, bootstrap=-1)
+
+
+def test_metacollapse_nc_takes_the_number_of_replicates(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    npz = tmp_path / "epoch_001.npz"
+    np.savez(npz, **make_dump(np.random.default_rng(68)))
+    out = tmp_path / "nc" / "epoch_001.csv"
+    assert cli.main(["nc", "--features", str(npz), "--out", str(out), "--bootstrap", "0"]) == 0
+    assert pd.read_csv(out)[["ci_low", "ci_high"]].isna().all().all()
+    assert cli.main(["nc", "--features", str(npz), "--out", str(out), "--bootstrap", "25"]) == 0
+    assert pd.read_csv(out)[["ci_low", "ci_high"]].notna().all().all()
+    out.unlink()
+    assert cli.main(["nc", "--features", str(npz), "--out", str(out), "--bootstrap", "-3"]) == 2
+    assert not out.exists()

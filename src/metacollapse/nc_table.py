@@ -211,7 +211,7 @@ def _stack_episodes(
         bad = int(np.flatnonzero(ep_counts != ep_counts[0])[0])
         raise ValueError(
             f"{what}: episode {ep_ids[bad]} has {ep_counts[bad]} rows, episode {ep_ids[0]} has {ep_counts[0]}; "
-            "every episode of an episodic probe must have the same classes count and images per class"
+            "every episode of an episodic probe needs the same number of classes and of images per class"
         )
     n_ep, n = ep_ids.shape[0], int(ep_counts[0])
     lab = labels[order].reshape(n_ep, n)
@@ -223,8 +223,8 @@ def _stack_episodes(
         bad = int(np.flatnonzero(differs)[0])
         raise ValueError(
             f"{what}: episode {ep_ids[bad]} has {np.bincount(inv_all[bad]).tolist()} images per class, episode "
-            f"{ep_ids[0]} has {np.bincount(inv_all[0]).tolist()}; every episode of an episodic probe must have "
-            "the same classes count and images per class"
+            f"{ep_ids[0]} has {np.bincount(inv_all[0]).tolist()}; every episode of an episodic probe needs "
+            "the same number of classes and of images per class"
         )
     inv = inv_all[0]
     counts = np.bincount(inv)
