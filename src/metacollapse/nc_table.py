@@ -69,7 +69,7 @@ TABLE_COLUMNS: tuple[str, ...] = (
     "ci_high",
 )
 #: Bootstrap intervals: replicates by default (0: NaN intervals), the base seed, and the percentiles kept.
-BOOTSTRAP_REPLICATES = 200
+BOOTSTRAP_REPLICATES = 100
 BOOTSTRAP_SEED = 0
 CI_PERCENTILES = (2.5, 97.5)
 
@@ -252,6 +252,10 @@ def _classes(labels: np.ndarray, role: np.ndarray, rows: np.ndarray, name: str) 
     counts_s = np.bincount(inv[is_support], minlength=classes.shape[0])
     if np.any(counts_s == 0):
         raise ValueError(f"feature dump: probe {name!r}: some classes have no role==support images")
+    # Bootstrap replicates draw images within these (class, role) strata and keep the class set. Drawing classes
+    # with replacement would duplicate class means: pairwise metrics (CDNV, equiangularity, GNC2) would meet
+    # zero-length differences and the duplicates, at cosine 1, would bias every ETF distance upwards, so such an
+    # interval would not contain the estimate.
     strata = 2 * inv + (~is_support)
     layout = ("classes", tuple(sorted(zip(counts_s.tolist(), counts.tolist(), strict=True))))
     return _Classes(rows, inv, counts, classes, np.flatnonzero(is_support), counts_s, strata, layout)
