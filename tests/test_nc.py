@@ -1,4 +1,4 @@
-"""Specification of metacollapse.nc: neural-collapse metrics, ProtoNet analogues and the per-epoch table.
+"""Specification of metacollapse.nc: neural-collapse metrics, ProtoNet analogues and null baselines.
 
 Notation: C classes (sorted distinct labels), N samples, d dims, class means mu_c, global mean mu_G = mean of
 the class means, M = rows mu_c - mu_G. Reference values are derived from closed forms or from literal, slow
@@ -7,28 +7,19 @@ re-implementations of the definitions written out below.
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 from fractions import Fraction
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from metacollapse.nc import (
     CLASSIFIER_METRICS,
     FEATURE_METRICS,
-    TABLE_COLUMNS,
-    epoch_nc_table,
-    load_feature_dump,
     nc_metrics,
-    nc_table_for_file,
-    nc_tables_for_run,
     null_baseline,
     protonet_nc,
 )
-from metacollapse.runs import RUN_COLUMNS
 
 ALL_METRICS = FEATURE_METRICS + CLASSIFIER_METRICS
 EPS32 = float(np.finfo(np.float32).eps)
@@ -99,6 +90,7 @@ def reference_metrics(h: np.ndarray, y: np.ndarray) -> dict[str, float]:
         "nc2_maxangle": np.mean(np.abs(cos + 1.0 / (n_cls - 1))),
         "nc2_etf": etf(m @ m.T),
         "nc2_etf_rownorm": etf(unit @ unit.T),
+        "gnc2": np.var([math.log(1.0 / np.linalg.norm(unit[a] - unit[b])) for a, b in pairs]),
         "cdnv": np.mean([(var[a] + var[b]) / (2 * np.sum((mu[a] - mu[b]) ** 2)) for a, b in pairs]),
         "cdnv_dir": np.mean(cdnv_dir),
         "erank": np.exp(-np.sum(p * np.log(p))),
@@ -526,6 +518,56 @@ def test_cdnv_dir_of_a_hand_computed_example():
 
 
 # ------------------------------------------------------------------------------------------------------------
+# GNC2: hyperspherical uniformity of the centred class means (Wu & Papyan 2024)
+# ------------------------------------------------------------------------------------------------------------
+def axis_points(means: np.ndarray, s: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Each class the 2d points mean +/- s e_j: the class means are exactly ``means``."""
+    d = means.shape[1]
+    offsets = np.concatenate([s * np.eye(d), -s * np.eye(d)])
+    return np.concatenate([mu + offsets for mu in means]), np.repeat(np.arange(len(means)), 2 * d)
+
+
+def test_gnc2_of_four_centred_means_on_a_square_is_ln2_squared_over_18():
+    # C = 4 classes in d = 2 (no simplex ETF: C > d + 1). Unit centred means +-e1, +-e2: four pairs at chord
+    # distance sqrt(2), two at 2, so log(1/dist) is -a/2 (x4) and -a (x2) with a = ln 2; their mean is -2a/3 and
+    # their variance (4 (a/6)^2 + 2 (a/3)^2) / 6 = a^2 / 18.
+    feats, labels = axis_points(np.array([[3.0, 0.0], [-3.0, 0.0], [0.0, 1.0], [0.0, -1.0]]))
+    assert math.log(2) ** 2 / 18 == pytest.approx(0.02669183, abs=1e-8)
+    assert nc_metrics(feats, labels)["gnc2"] == pytest.approx(0.02669183, abs=1e-8)
+    # The same four directions bunched in two pairs 20 degrees apart are less uniform.
+    angles = np.radians([0.0, 20.0, 180.0, 200.0])
+    bunched, labels = axis_points(np.stack([np.cos(angles), np.sin(angles)], axis=1))
+    assert nc_metrics(bunched, labels)["gnc2"] > 10 * nc_metrics(feats, labels)["gnc2"]
+
+
+def test_gnc2_is_zero_for_two_classes_and_inf_when_two_centred_means_point_the_same_way():
+    rng = np.random.default_rng(16)
+    feats, labels = clustered(rng, 2, 5, per_class=4)
+    assert nc_metrics(feats, labels)["gnc2"] == 0.0  # one pair: nothing varies
+    # Centred means (1, 0) and (2, 0) share a direction: the kernel log(1/0) is infinite (CDNV stays finite).
+    feats, labels = axis_points(np.array([[1.0, 0.0], [2.0, 0.0], [-1.0, 1.0], [-2.0, -1.0]]))
+    out = nc_metrics(feats, labels)
+    assert out["gnc2"] == math.inf
+    assert np.isfinite(out["cdnv"]) and np.isfinite(out["nc2_equiangularity"])
+
+
+def test_gnc2_keeps_its_digits_when_two_centred_means_are_nearly_parallel():
+    # Centred means 1e-7 radians apart: through cosines the squared chord distance 2 - 2 cos (1e-14) would carry
+    # an absolute error near 1e-16; the literal definition takes the difference of the unit vectors.
+    means = np.array([[1.0, 0.0, 0.0], [2.0, 2e-7, 0.0], [-1.5, 1.0, 0.5], [-1.5, -1.0 - 2e-7, -0.5]])
+    feats, labels = axis_points(means)
+    want = reference_metrics(feats, labels)["gnc2"]
+    assert want > 1.0  # the near pair dominates: log(1/1e-7) = 16.1 against values near -0.5
+    assert nc_metrics(feats, labels)["gnc2"] == pytest.approx(want, rel=1e-6)
+
+
+def test_gnc2_null_of_gaussian_class_means_falls_with_the_dimension():
+    # Isotropic Gaussian class means point in random directions; as d grows their pairwise distances concentrate.
+    nulls = [null_baseline([4] * 6, dim, draws=64, seed=2)["gnc2"] for dim in (4, 32, 256)]
+    assert nulls[0] > nulls[1] > nulls[2] > 0.0
+
+
+# ------------------------------------------------------------------------------------------------------------
 # Null baselines
 # ------------------------------------------------------------------------------------------------------------
 def test_null_baseline_is_seeded_and_stable():
@@ -549,264 +591,6 @@ def test_null_baseline_matches_closed_forms_in_high_dimension():
     assert out["cdnv"] == pytest.approx((n - 1) / 2, rel=0.01)
     assert out["cdnv_dir"] == pytest.approx((n - 1) / (2 * dim), rel=0.05)
     assert out["erank"] == pytest.approx(n_cls - 1, rel=0.01)
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Per-epoch table
-# ------------------------------------------------------------------------------------------------------------
-# name: (kind, episodes, n_way, n_support, n_query); for class probes (kind, 1, classes, n_support, rest)
-PROBES = {
-    "train_episodes": ("episodic", 3, 4, 2, 3),
-    "val_episodes": ("episodic", 2, 3, 2, 4),
-    "train_classes": ("classes", 1, 5, 2, 2),
-}
-
-
-META = {"run": "conv4_s0", "learner": "protonet", "backbone": "conv4", "width": None, "seed": 3}
-
-
-def make_dump(rng: np.random.Generator, dim: int = 6, drop_one_query: bool = False) -> dict[str, np.ndarray]:
-    """A small feature dump in the CONTRACTS.md layout, rows shuffled."""
-    centres = 3.0 * rng.normal(size=(12, dim))
-    cols: dict[str, list] = {"features": [], "labels": [], "probe": [], "episode": [], "role": []}
-    for p, (kind, episodes, n_cls, n_sup, n_qry) in enumerate(PROBES.values()):
-        for ep in range(episodes):
-            classes = rng.choice(12, size=n_cls, replace=False)
-            for c in classes:
-                for i in range(n_sup + n_qry):
-                    cols["features"].append(centres[c] + rng.normal(size=dim))
-                    cols["labels"].append(c)
-                    cols["probe"].append(p)
-                    cols["episode"].append(ep if kind == "episodic" else 0)
-                    cols["role"].append(0 if i < n_sup else 1)
-    order = rng.permutation(len(cols["labels"]))
-    dump = {
-        "features": np.asarray(cols["features"], dtype=np.float32)[order],
-        "labels": np.asarray(cols["labels"], dtype=np.int64)[order],
-        "probe": np.asarray(cols["probe"], dtype=np.int64)[order],
-        "episode": np.asarray(cols["episode"], dtype=np.int64)[order],
-        "role": np.asarray(cols["role"], dtype=np.int8)[order],
-        "probe_names": np.array(list(PROBES)),
-        "probe_kinds": np.array([v[0] for v in PROBES.values()]),
-        "probe_bn_modes": np.array(["train", "eval", "eval"]),
-        "probe_splits": np.array(["train", "val", "train"]),
-        "epoch": np.array(7, dtype=np.int64),
-        "meta": np.array(json.dumps(META)),
-    }
-    if drop_one_query:  # one class of one episode loses a query: episodes no longer share a layout
-        victim = np.flatnonzero((dump["probe"] == 0) & (dump["episode"] == 1) & (dump["role"] == 1))[0]
-        dump = {k: (np.delete(v, victim, axis=0) if k in cols else v) for k, v in dump.items()}
-    return dump
-
-
-def hand_loop_table(dump: dict[str, np.ndarray]) -> dict[tuple[str, str, str], tuple[float, float]]:
-    """The table's definition, episode by episode through the public single-problem functions."""
-    f, y = dump["features"], dump["labels"]
-    out = {}
-    for p, (name, kind) in enumerate(zip(dump["probe_names"], dump["probe_kinds"], strict=True)):
-        in_probe = dump["probe"] == p
-        sup_all, all_rows = in_probe & (dump["role"] == 0), in_probe
-        if kind == "classes":
-            for key, value in nc_metrics(f[all_rows], y[all_rows]).items():
-                out[(name, "all", key)] = (value, math.nan)
-            pn = protonet_nc(f[sup_all], y[sup_all], f[all_rows], y[all_rows])
-            for key, value in pn.items():
-                out[(name, "protonet", key)] = (value, math.nan)
-            continue
-        per: dict[tuple[str, str], list[float]] = {}
-        for ep in np.unique(dump["episode"][in_probe]):
-            s = in_probe & (dump["episode"] == ep) & (dump["role"] == 0)
-            q = in_probe & (dump["episode"] == ep) & (dump["role"] == 1)
-            results = {
-                "support": nc_metrics(f[s], y[s]),
-                "query": nc_metrics(f[q], y[q]),
-                "protonet": protonet_nc(f[s], y[s], f[q], y[q]),
-            }
-            for set_name, values in results.items():
-                for key, value in values.items():
-                    per.setdefault((set_name, key), []).append(value)
-        for (set_name, key), values in per.items():
-            out[(name, set_name, key)] = (float(np.mean(values)), float(np.std(values, ddof=0)))
-    return out
-
-
-def assert_table_matches_hand_loop(table: pd.DataFrame, dump: dict[str, np.ndarray]) -> None:
-    want = hand_loop_table(dump)
-    got = {(r.probe, r.set, r.metric): (r.mean, r.std) for r in table.itertuples()}
-    assert set(got) == set(want)
-    for key, (mean, std) in want.items():
-        assert got[key][0] == pytest.approx(mean, rel=1e-9, abs=1e-12), key
-        if math.isnan(std):
-            assert math.isnan(got[key][1]), key
-        else:
-            assert got[key][1] == pytest.approx(std, rel=1e-7, abs=1e-12), key
-
-
-def test_epoch_nc_table_has_the_expected_probes_sets_and_metrics():
-    table = epoch_nc_table(make_dump(np.random.default_rng(10)))
-    assert list(table.columns) == [*RUN_COLUMNS, "epoch", "probe", "bn_mode", "set", "metric", "mean", "std", "null"]
-    assert list(table.columns) == list(TABLE_COLUMNS)
-    assert set(table["run"]) == {"conv4_s0"} and set(table["learner"]) == {"protonet"}
-    assert set(table["backbone"]) == {"conv4"} and set(table["seed"]) == {3} and table["width"].isna().all()
-    assert set(table["epoch"]) == {7}
-    assert dict(zip(table["probe"], table["bn_mode"], strict=True)) == {
-        "train_episodes": "train",
-        "val_episodes": "eval",
-        "train_classes": "eval",
-    }
-    assert table["null"].notna().all() and np.isfinite(table["null"]).all()
-    expected = set()
-    for name, (kind, *_rest) in PROBES.items():
-        if kind == "episodic":
-            sets = {"support": FEATURE_METRICS, "query": FEATURE_METRICS}
-        else:
-            sets = {"all": FEATURE_METRICS}
-        sets["protonet"] = CLASSIFIER_METRICS
-        expected |= {(name, s, m) for s, metrics in sets.items() for m in metrics}
-    keys = list(zip(table["probe"], table["set"], table["metric"], strict=True))
-    assert len(keys) == len(set(keys)) == len(expected)
-    assert set(keys) == expected
-    assert table["mean"].notna().all()
-    episodic = table["probe"].isin(["train_episodes", "val_episodes"])
-    assert table.loc[episodic, "std"].notna().all() and (table.loc[episodic, "std"] >= 0).all()
-    assert table.loc[~episodic, "std"].isna().all()
-
-
-def test_epoch_nc_table_means_and_stds_equal_a_hand_loop_over_episodes():
-    dump = make_dump(np.random.default_rng(11))
-    assert_table_matches_hand_loop(epoch_nc_table(dump), dump)
-
-
-def test_epoch_nc_table_handles_episodes_of_unequal_layout():
-    dump = make_dump(np.random.default_rng(12), drop_one_query=True)
-    assert_table_matches_hand_loop(epoch_nc_table(dump), dump)
-
-
-def test_nc_table_for_file_writes_the_csv_atomically(tmp_path):
-    dump = make_dump(np.random.default_rng(13))
-    npz = tmp_path / "epoch_007.npz"
-    np.savez(npz, **dump)
-    assert set(load_feature_dump(npz)) == set(dump)
-    out_csv = tmp_path / "nc" / "epoch_007.csv"
-    table = nc_table_for_file(npz, out_csv)
-    written = pd.read_csv(out_csv)
-    assert list(written.columns) == list(TABLE_COLUMNS)
-    assert len(written) == len(table)
-    np.testing.assert_allclose(written["mean"], table["mean"], rtol=1e-12)
-    assert sorted(p.name for p in out_csv.parent.iterdir()) == ["epoch_007.csv"]  # no temporary left behind
-
-
-def test_nc_table_for_file_names_the_file_when_keys_are_missing(tmp_path):
-    dump = make_dump(np.random.default_rng(14))
-    del dump["role"]
-    npz = tmp_path / "broken.npz"
-    np.savez(npz, **dump)
-    out_csv = tmp_path / "out.csv"
-    with pytest.raises(ValueError, match=r"broken\.npz.*role"):
-        nc_table_for_file(npz, out_csv)
-    assert not out_csv.exists()
-
-
-def test_a_truncated_feature_dump_is_an_error_naming_the_file(tmp_path):
-    npz = tmp_path / "epoch_003.npz"
-    np.savez(npz, **make_dump(np.random.default_rng(15)))
-    npz.write_bytes(npz.read_bytes()[:-200])  # a copy cut short
-    with pytest.raises(ValueError, match=r"epoch_003\.npz: cannot read feature dump \(BadZipFile"):
-        nc_table_for_file(npz, tmp_path / "out.csv")
-    assert not (tmp_path / "out.csv").exists()
-
-
-def with_classifier(dump, split, class_ids, weight, bias):
-    return {
-        **dump,
-        "classifier_weight": np.asarray(weight, dtype=np.float32),
-        "classifier_bias": np.asarray(bias, dtype=np.float32),
-        "classifier_classes": np.asarray(class_ids, dtype=np.int64),
-        "classifier_split": np.array(split),
-    }
-
-
-def test_classifier_set_uses_the_dumps_weights_and_bias():
-    # W = 0 and a bias equal to the class id: the classifier always predicts the largest class id present, so
-    # with well-separated classes nc4 = 1 - 1/C (every sample not of that class disagrees with its nearest mean).
-    dump = make_dump(np.random.default_rng(40), dim=6)
-    dump["features"] *= 0.05  # noise 0.05 vs centres 3: every sample is nearest its own class mean
-    dump["features"] += 3.0 * np.random.default_rng(41).normal(size=(12, 6)).astype(np.float32)[dump["labels"]]
-    ids = np.random.default_rng(42).permutation(np.arange(12 + 3))  # rows in any order, 3 extra classes
-    bias = np.where(ids >= 12, 1e6, ids)  # classes not in the probes must not take part
-    table = epoch_nc_table(with_classifier(dump, "train", ids, np.zeros((15, 6)), bias))
-    got = table[table["set"] == "classifier"].set_index(["probe", "metric"])["mean"]
-    assert set(got.index.get_level_values("probe")) == {"train_episodes", "train_classes"}  # split "train" only
-    assert got[("train_episodes", "nc4")] == pytest.approx(1 - 1 / 4, abs=1e-12)
-    assert got[("train_classes", "nc4")] == pytest.approx(1 - 1 / 5, abs=1e-12)
-    assert np.isnan(table.loc[table["set"] == "classifier", "null"]).all()
-
-    # A classifier equal to the centred class means (in its own row order) agrees with the nearest class mean.
-    cls = np.unique(dump["labels"][dump["probe"] == 2])
-    rows = dump["probe"] == 2
-    means = np.stack([dump["features"][rows & (dump["labels"] == c)].astype(np.float64).mean(axis=0) for c in cls])
-    weight = np.zeros((15, 6))
-    bias = np.full(15, -1e9)
-    pos = {c: int(np.flatnonzero(ids == c)[0]) for c in cls}
-    for k, c in enumerate(cls):
-        weight[pos[c]] = 2 * means[k]
-        bias[pos[c]] = -means[k] @ means[k]
-    table = epoch_nc_table(with_classifier(dump, "train", ids, weight, bias))
-    one = table[(table["set"] == "classifier") & (table["probe"] == "train_classes")].set_index("metric")["mean"]
-    assert one["nc4"] == 0.0
-    assert one["nc3"] == pytest.approx(0.0, abs=1e-6)
-
-
-def test_classifier_set_needs_the_probes_split_and_classes():
-    dump = make_dump(np.random.default_rng(43))
-    other_split = epoch_nc_table(with_classifier(dump, "test", np.arange(12), np.ones((12, 6)), np.zeros(12)))
-    assert "classifier" not in set(other_split["set"])
-    too_few = epoch_nc_table(with_classifier(dump, "train", np.arange(6), np.ones((6, 6)), np.zeros(6)))
-    assert "classifier" not in set(too_few[too_few["probe"] == "train_episodes"]["set"])
-
-
-def test_table_nulls_are_the_null_baselines_of_each_layout():
-    dump = make_dump(np.random.default_rng(44), dim=5)
-    table = epoch_nc_table(dump).set_index(["probe", "set", "metric"])["null"]
-    kind, _, n_way, n_sup, n_qry = PROBES["val_episodes"]
-    episodic = null_baseline([n_qry] * n_way, 5, support_counts=[n_sup] * n_way)
-    assert table[("val_episodes", "query", "nc1")] == episodic["nc1"]
-    assert table[("val_episodes", "protonet", "nc4")] == episodic["nc4"]
-    _, _, n_cls, n_sup, n_rest = PROBES["train_classes"]
-    classes = null_baseline([n_sup + n_rest] * n_cls, 5, support_counts=[n_sup] * n_cls, support_subset=True)
-    assert table[("train_classes", "all", "cdnv_dir")] == classes["cdnv_dir"]
-    assert table[("train_classes", "protonet", "nc3")] == classes["nc3"]
-    assert table[("train_episodes", "support", "erank")] != table[("val_episodes", "support", "erank")]
-
-
-def test_nc_tables_for_run_writes_every_epoch_and_computes_nulls_once(tmp_path, caplog):
-    paths, outs = [], []
-    for epoch in (1, 2, 3):
-        dump = make_dump(np.random.default_rng(50 + epoch))
-        dump["epoch"] = np.array(epoch, dtype=np.int64)
-        paths.append(tmp_path / f"epoch_{epoch:03d}.npz")
-        np.savez(paths[-1], **dump)
-        outs.append(tmp_path / "nc" / f"epoch_{epoch:03d}.csv")
-    log = logging.getLogger("test_nc_run")
-    with caplog.at_level(logging.INFO, logger="test_nc_run"):
-        tables = nc_tables_for_run(paths, outs, log=log)
-    lines = [r.getMessage() for r in caplog.records if r.name == "test_nc_run"]
-    assert len(lines) == 3
-    assert "new null layouts" in lines[0] and "(0 new null layouts" not in lines[0]
-    assert "(0 new null layouts" in lines[1] and "(0 new null layouts" in lines[2]  # reused from epoch 1
-    for epoch, (out, table) in enumerate(zip(outs, tables, strict=True), start=1):
-        written = pd.read_csv(out)
-        assert list(written.columns) == list(TABLE_COLUMNS) and set(written["epoch"]) == {epoch}
-        np.testing.assert_allclose(written["null"], tables[0]["null"], rtol=1e-12)
-        np.testing.assert_allclose(written["mean"], table["mean"], rtol=1e-12)
-    assert sorted(p.name for p in outs[0].parent.iterdir()) == [p.name for p in outs]
-
-
-def test_meta_without_a_run_column_is_an_error():
-    dump = make_dump(np.random.default_rng(45))
-    dump["meta"] = np.array(json.dumps({k: v for k, v in META.items() if k != "learner"}))
-    with pytest.raises(ValueError, match=r"'meta' is missing \['learner'\]"):
-        epoch_nc_table(dump)
 
 
 # ------------------------------------------------------------------------------------------------------------

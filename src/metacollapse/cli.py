@@ -104,9 +104,10 @@ def cmd_features(args: argparse.Namespace) -> None:
 def cmd_nc(args: argparse.Namespace) -> None:
     # The NC stage is thousands of small eigendecompositions: a multi-threaded BLAS only adds overhead (up to 10x).
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    from metacollapse.nc import nc_tables_for_run
+    from metacollapse.nc_table import BOOTSTRAP_REPLICATES, nc_tables_for_run
 
-    nc_tables_for_run(args.features, args.out)
+    bootstrap = BOOTSTRAP_REPLICATES if args.bootstrap is None else args.bootstrap
+    nc_tables_for_run(args.features, args.out, bootstrap=bootstrap)
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
@@ -236,6 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("nc", cmd_nc, "Neural-collapse tables (long CSV) of feature dumps, one per dump.")
     p.add_argument("--features", type=Path, nargs="+", required=True)
     p.add_argument("--out", type=Path, nargs="+", required=True)
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=None,
+        metavar="N",
+        help="bootstrap replicates of the 95%% intervals; 0: NaN intervals (default: nc_table.BOOTSTRAP_REPLICATES)",
+    )
 
     p = add("aggregate", cmd_aggregate, "Concatenate per-run tables of one kind into one CSV.")
     p.add_argument("--kind", required=True, choices=["train_log", "fewshot", "nc"])
