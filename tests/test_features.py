@@ -46,11 +46,12 @@ def trained(synthetic_data, tmp_path):
     return tmp_path / "run" / "checkpoints"
 
 
-def dump(synthetic_data, trained, tmp_path, probes=PROBES, epochs=(2,), spec=SPEC):
+def dump(synthetic_data, trained, tmp_path, probes=PROBES, epochs=(2,), spec=SPEC, precision="fp32", **options):
     make_probes(probes, 5, synthetic_data, tmp_path / "probes.npz")
     outs = [tmp_path / f"epoch_{e:03d}.npz" for e in epochs]
     checkpoints = [trained / f"epoch_{e:03d}.pt" for e in epochs]
-    features_stage(spec, checkpoints, tmp_path / "probes.npz", synthetic_data, outs, setup("cpu", "fp32"))
+    probes_path = tmp_path / "probes.npz"
+    features_stage(spec, checkpoints, probes_path, synthetic_data, outs, setup("cpu", precision), **options)
     return [dict(np.load(out)) for out in outs]
 
 
@@ -129,3 +130,73 @@ def test_fewshot_evaluation_is_deterministic_and_well_above_chance(synthetic_dat
     assert (a["accuracy"] > 0.35).all()  # chance is 0.2 after 10 training episodes of a width-16 Conv-4
     assert a["accuracy"].iloc[1] > a["accuracy"].iloc[0]  # 5 shots beat 1
     assert (a["ci95"] >= 0).all() and (a["ci95"] < 0.5).all()
+
+
+def test_layer_dumps_add_each_blocks_averaged_output_and_leave_the_features_unchanged(
+    synthetic_data, trained, tmp_path
+):
+    plain = dump(synthetic_data, trained, tmp_path / "plain")[0]
+    layered = dump(synthetic_data, trained, tmp_path / "all", layers="all")[0]
+    assert "layer_names" not in plain and not any(key.startswith("features@") for key in plain)
+    names = ["block1", "block2", "block3", "block4"]
+    assert list(layered["layer_names"]) == names
+    assert {key for key in layered if key.startswith("features@")} == {f"features@{name}" for name in names}
+    np.testing.assert_array_equal(layered["features"], plain["features"])
+    n = len(plain["features"])
+    for name in names:
+        assert layered[f"features@{name}"].shape == (n, 16) and layered[f"features@{name}"].dtype == np.float32
+    np.testing.assert_array_equal(layered["features@block4"], layered["features"])  # a 1x1 map is its own mean
+
+    learner, _ = load_learner(trained / "epoch_002.pt", SPEC)
+    learner.eval()
+    _, indices = load_probes(tmp_path / "all" / "probes.npz")
+    rows = indices["test_classes"].classes[0].numpy()
+    images = torch.from_numpy(load_split(synthetic_data, "test")[0][rows].reshape(-1, 1, 28, 28)).float()
+    with torch.no_grad():
+        direct = learner.backbone[:2](images).mean(dim=(2, 3)).numpy()  # block2's 7x7 maps, averaged
+    classes = layered["probe"] == list(layered["probe_names"]).index("test_classes")
+    np.testing.assert_allclose(layered["features@block2"][classes], direct, rtol=1e-5, atol=1e-6)
+
+
+def test_listed_layers_are_dumped_in_depth_order_and_embedding_is_always_the_features(
+    synthetic_data, trained, tmp_path
+):
+    (out,) = dump(synthetic_data, trained, tmp_path, layers=["block3", "embedding", "block1"])
+    assert list(out["layer_names"]) == ["block1", "block3"] and "features@embedding" not in out
+
+
+def test_an_unknown_layer_is_one_error_naming_the_backbones_layers(synthetic_data, trained, tmp_path):
+    with pytest.raises(ValueError) as error:
+        dump(synthetic_data, trained, tmp_path, layers=["layer4"])
+    assert str(error.value) == (
+        "unknown layers ['layer4'] for backbone 'conv4'; "
+        "allowed: ['block1', 'block2', 'block3', 'block4', 'embedding'] or 'all'"
+    )
+    assert not list(tmp_path.glob("epoch_*.npz"))
+
+
+def test_dumps_are_fp32_whatever_the_run_precision_and_bf16_ones_differ_only_by_rounding(
+    synthetic_data, trained, tmp_path
+):
+    fp32 = dump(synthetic_data, trained, tmp_path / "fp32", layers="all")[0]
+    default = dump(synthetic_data, trained, tmp_path / "default", precision="bf16", layers="all")[0]
+    bf16 = dump(synthetic_data, trained, tmp_path / "bf16", precision="bf16", layers="all", feature_precision="train")[
+        0
+    ]
+    for key in ("features", "features@block1", "features@block3"):
+        np.testing.assert_array_equal(default[key], fp32[key])
+        assert not np.array_equal(bf16[key], fp32[key])
+        scale = np.abs(fp32[key]).max()
+        # bf16 keeps 8 significant bits (relative rounding 2^-9 per operation), a few percent after four blocks
+        np.testing.assert_allclose(bf16[key], fp32[key], rtol=0, atol=0.05 * scale)
+    with pytest.raises(ValueError, match="feature_precision must be one of \\('fp32', 'train'\\), got 'bf16'"):
+        dump(synthetic_data, trained, tmp_path / "bad", feature_precision="bf16")
+
+
+def test_a_relationnet_dump_holds_its_backbone_embedding_and_no_head(synthetic_data, tmp_path):
+    spec = {**SPEC, "name": "relation", "learner": {"name": "relationnet"}, "train": {**SPEC["train"], "epochs": 1}}
+    train(spec, synthetic_data, tmp_path / "run", setup("cpu", "fp32"))
+    (out,) = dump(synthetic_data, tmp_path / "run" / "checkpoints", tmp_path, epochs=(1,), spec=spec, layers="all")
+    assert out["features"].shape == (4 * 6 * 5 + 7 * 20, 16) and list(out["layer_names"])[-1] == "block4"
+    assert not any(key.startswith("classifier") for key in out)
+    assert json.loads(str(out["meta"]))["learner"] == "relationnet"

@@ -1,5 +1,7 @@
 """Learners: the registry, each method's rule against a hand computation, and that each one learns."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,9 +9,9 @@ from conftest import synthetic_split
 from torch import nn
 
 from metacollapse.episodes import EpisodeSpec, fixed_episode_indices, gather_episode
-from metacollapse.learners import LEARNERS, build_learner, class_subset
+from metacollapse.learners import LEARNERS, build_learner, class_subset, learner_options
 from metacollapse.models import build_backbone, embedding_dim
-from metacollapse.protonet import embed_episode, episode_loss
+from metacollapse.protonet import episode_loss, prototypes
 
 SPEC = EpisodeSpec(n_way=5, n_support=2, n_query=3)
 
@@ -54,18 +56,80 @@ def test_build_learner_rejects_unknown_names_and_options():
     for name in LEARNERS:
         with pytest.raises(ValueError, match=r"need 1 <= classes <= 3 \(training classes\), got 5"):
             build_learner({"name": name, "classes": 5}, backbone, 4, 3)
-    assert set(LEARNERS) == {"protonet", "protonet_head", "matchingnet", "maml", "anil", "classifier"}
+    assert set(LEARNERS) == {
+        "protonet",
+        "protonet_head",
+        "protonet_cosine",
+        "matchingnet",
+        "relationnet",
+        "maml",
+        "anil",
+        "classifier",
+    }
 
 
-def test_protonet_equals_the_embed_episode_code_path_bitwise(split):
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"name": "maml", "inner_lr": "x"}, "learner 'maml': option inner_lr is 'x' (str), expected float"),
+        ({"name": "maml", "classes": "5"}, "learner 'maml': option classes is '5' (str), expected int or null"),
+        ({"name": "anil", "inner_steps": 2.0}, "learner 'anil': option inner_steps is 2.0 (float), expected int"),
+        (
+            {"name": "protonet", "classes": True},
+            "learner 'protonet': option classes is True (bool), expected int or null",
+        ),
+        (
+            {"name": "matchingnet", "learn_scale": "no"},
+            "learner 'matchingnet': option learn_scale is 'no' (str), expected bool",
+        ),
+        (
+            {"name": "relationnet", "hidden": None},
+            "learner 'relationnet': option hidden is None (NoneType), expected int",
+        ),
+    ],
+)
+def test_an_option_of_the_wrong_type_is_one_error_naming_learner_option_value_and_type(spec, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        build_learner(spec, nn.Flatten(), 4, 3)
+
+
+def test_options_of_the_right_type_build_and_an_integer_is_a_valid_float():
+    learner = build_learner({"name": "maml", "inner_lr": 1, "classes": None}, nn.Flatten(), 4, 3)
+    assert learner.inner_lr == 1.0 and learner.train_class_ids() is None
+
+
+def test_class_seed_without_classes_is_an_error():
+    with pytest.raises(ValueError, match=r"^learner 'classifier': class_seed needs classes"):
+        build_learner({"name": "classifier", "class_seed": 3}, nn.Flatten(), 4, 3)
+    with pytest.raises(ValueError, match=r"^learner 'protonet': class_seed needs classes"):
+        build_learner({"name": "protonet", "classes": None, "class_seed": 0}, nn.Flatten(), 4, 3)
+
+
+@pytest.mark.parametrize(("name", "inner_lr", "first_order"), [("maml", 0.1, True), ("anil", 0.4, False)])
+def test_maml_and_anil_share_one_constructor_with_their_own_defaults(name, inner_lr, first_order):
+    assert "__init__" not in vars(LEARNERS[name])
+    learner = build_learner({"name": name}, nn.Flatten(), 4, 3)
+    assert (learner.inner_lr, learner.first_order) == (inner_lr, first_order)
+    assert (learner.inner_steps, learner.eval_inner_steps) == (5, 10)
+    assert learner_options(LEARNERS[name]) == {
+        "classes": None,
+        "class_seed": 0,
+        "inner_steps": 5,
+        "eval_inner_steps": 10,
+        "inner_lr": inner_lr,
+        "first_order": first_order,
+    }
+
+
+def test_protonet_equals_the_backbone_and_loss_code_path_bitwise(split):
     (support, query, classes), *_ = episodes(split, 1, seed=1)
     learner = conv4_learner({"name": "protonet"})
     loss, accuracy = learner.episode_loss(support, query, SPEC.n_way, classes)
     loss.backward()
     grads = [p.grad.clone() for p in learner.backbone.parameters()]
     learner.zero_grad()
-    s, q = embed_episode(learner.backbone, support, query)
-    expected_loss, expected_accuracy = episode_loss(s.float(), q.float(), SPEC.n_way)
+    both = learner.backbone(torch.cat([support, query]))
+    expected_loss, expected_accuracy = episode_loss(both[: len(support)], both[len(support) :], SPEC.n_way)
     expected_loss.backward()
     assert torch.equal(loss, expected_loss) and torch.equal(accuracy, expected_accuracy)
     assert all(torch.equal(g, p.grad) for g, p in zip(grads, learner.backbone.parameters(), strict=True))
@@ -78,7 +142,9 @@ def test_protonet_equals_the_embed_episode_code_path_bitwise(split):
     [
         {"name": "protonet"},
         {"name": "protonet_head"},
+        {"name": "protonet_cosine"},
         {"name": "matchingnet"},
+        {"name": "relationnet"},
         {"name": "anil"},
         {"name": "maml", "inner_steps": 2},
     ],
@@ -141,7 +207,7 @@ def test_class_subset_is_seeded_sorted_and_distinct():
 def test_classifier_maps_split_class_ids_to_head_rows_and_exposes_its_head():
     torch.manual_seed(0)
     learner = linear_learner({"name": "classifier", "classes": 3, "class_seed": 4}, d=5, n_train_classes=8)
-    w, b, ids = learner.classifier()
+    w, b, ids = learner.head_weights()
     assert torch.equal(ids, class_subset(8, 3, 4))
     assert w.data_ptr() == learner.head.weight.data_ptr() and b.data_ptr() == learner.head.bias.data_ptr()
     assert w.shape == (3, 5) and b.shape == (3,)
@@ -152,7 +218,7 @@ def test_classifier_maps_split_class_ids_to_head_rows_and_exposes_its_head():
     assert loss.item() == pytest.approx(F.cross_entropy(logits, rows).item(), rel=1e-6)
     assert accuracy.item() == pytest.approx((logits.argmax(1) == rows).double().mean().item())
     unrestricted = linear_learner({"name": "classifier"}, d=5, n_train_classes=8)
-    assert unrestricted.train_class_ids() is None and torch.equal(unrestricted.classifier()[2], torch.arange(8))
+    assert unrestricted.train_class_ids() is None and torch.equal(unrestricted.head_weights()[2], torch.arange(8))
 
 
 def test_protonet_head_adds_weighted_cross_entropy_over_split_classes():
@@ -161,7 +227,7 @@ def test_protonet_head_adds_weighted_cross_entropy_over_split_classes():
     support, query = torch.randn(4, 1, 1, 3), torch.randn(6, 1, 1, 3)  # 2-way, 2 shots, 3 queries
     classes = torch.tensor([4, 1])
     loss, accuracy = learner.episode_loss(support, query, 2, classes)
-    w, b, ids = learner.classifier()
+    w, b, ids = learner.head_weights()
     assert w.data_ptr() == learner.head.weight.data_ptr() and torch.equal(ids, torch.arange(6))
     proto_loss, proto_accuracy = episode_loss(support.flatten(1), query.flatten(1), 2)
     features = torch.cat([support, query]).flatten(1).double()
@@ -174,7 +240,7 @@ def test_protonet_head_adds_weighted_cross_entropy_over_split_classes():
 def test_protonet_head_on_a_class_subset_has_a_row_per_class_and_maps_split_ids_to_rows():
     torch.manual_seed(2)
     learner = linear_learner({"name": "protonet_head", "classes": 3, "class_seed": 1}, d=3, n_train_classes=8)
-    w, b, ids = learner.classifier()
+    w, b, ids = learner.head_weights()
     assert w.shape == (3, 3) and torch.equal(ids, class_subset(8, 3, 1))
     assert torch.equal(learner.train_class_ids(), ids)
     support, query = torch.randn(4, 1, 1, 3), torch.randn(2, 1, 1, 3)  # 2-way, 2 shots, 1 query
@@ -273,7 +339,7 @@ def test_fewshot_adapts_without_touching_the_learner(name, split):
     assert all(torch.equal(state[k], v) for k, v in learner.state_dict().items())
     assert all(p.grad is None for p in learner.parameters())
     assert not learner.training and all(not m.training for m in learner.modules())
-    assert learner.classifier() is None and learner.train_class_ids() is None
+    assert learner.head_weights() is None and learner.train_class_ids() is None
 
 
 def test_embed_returns_float32_in_bf16():
@@ -284,3 +350,100 @@ def test_embed_returns_float32_in_bf16():
     assert out.dtype == torch.float32 and out.shape == (4, 8)
     learner.precision = "fp32"
     assert not torch.equal(out, learner.embed(images))  # bf16 arithmetic really ran
+
+
+def test_protonet_cosine_logits_are_scale_times_cosine_to_the_mean_of_normalised_supports():
+    learner = linear_learner({"name": "protonet_cosine", "scale": 3.0}, d=2)
+    # 2-way 2-shot: normalised supports (1,0),(0,1) -> prototype (0.5,0.5); (-1,0),(0,-1) -> (-0.5,-0.5)
+    support = torch.tensor([[2.0, 0.0], [0.0, 5.0], [-1.0, 0.0], [0.0, -3.0]]).reshape(4, 1, 1, 2)
+    query = torch.tensor([[3.0, 4.0], [0.0, -1.0]]).reshape(2, 1, 1, 2)
+    # cos((3,4)/5, (1,1)/sqrt2) = 7/(5 sqrt2); cos((0,-1), (1,1)/sqrt2) = -1/sqrt2; the other class is the negative
+    c = [7 / (5 * 2**0.5), -(2**-0.5)]
+    expected = 3.0 * torch.tensor([[c[0], -c[0]], [c[1], -c[1]]], dtype=torch.float64)
+    logits = learner.logits(support.flatten(1), query.flatten(1), 2)
+    assert torch.allclose(logits.double(), expected, atol=1e-6)
+    loss, accuracy = learner.fewshot(support, query, 2)
+    assert loss.item() == pytest.approx(F.cross_entropy(expected, torch.tensor([0, 1])).item(), rel=1e-5)
+    assert accuracy.item() == 1.0
+    assert torch.equal(learner.episode_loss(support, query, 2, torch.tensor([0, 1]))[0], loss)
+
+
+def test_protonet_cosine_learns_its_scale_from_10_unless_told_not_to():
+    learner = linear_learner({"name": "protonet_cosine"}, d=2)
+    assert [name for name, _ in learner.named_parameters()] == ["scale"] and learner.scale.item() == 10.0
+    support, query = torch.randn(4, 1, 1, 2), torch.randn(4, 1, 1, 2)
+    loss, _ = learner.episode_loss(support, query, 2, torch.tensor([0, 1]))
+    loss.backward()
+    assert learner.scale.grad is not None and learner.scale.grad.item() != 0.0
+    torch.optim.SGD(learner.parameters(), lr=0.1).step()
+    assert learner.scale.item() != 10.0
+    fixed = linear_learner({"name": "protonet_cosine", "scale": 4.0, "learn_scale": False}, d=2)
+    assert list(fixed.parameters()) == [] and fixed.scale.item() == 4.0
+
+
+def test_prototypes_of_protonet_cosine_ignore_the_length_of_support_embeddings():
+    learner = linear_learner({"name": "protonet_cosine"}, d=2)
+    support = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+    query = torch.tensor([[1.0, 2.0]])
+    stretched = support * torch.tensor([[100.0], [1.0], [1.0], [1.0]])  # one long support leaves its prototype
+    assert torch.allclose(learner.logits(stretched, query, 2), learner.logits(support, query, 2))
+    assert torch.allclose(prototypes(F.normalize(support, dim=1), 2), torch.tensor([[0.5, 0.5], [-0.5, -0.5]]))
+
+
+@pytest.mark.parametrize(("arch", "pools"), [("conv4", 0), ("resnet18", 2)])
+def test_relation_module_fits_the_backbones_feature_maps(arch, pools):
+    torch.manual_seed(0)
+    backbone = build_backbone({"arch": arch})
+    learner = build_learner({"name": "relationnet"}, backbone, embedding_dim(backbone), 5)
+    maps = learner.feature_maps(torch.rand(3, 1, 28, 28))
+    assert maps.shape == ((3, 64, 1, 1) if arch == "conv4" else (3, 512, 4, 4)) and maps.dtype == torch.float32
+    convs = [m for m in learner.relation if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(2 * maps.shape[1], 64, (3, 3))] + [
+        (64, 64, (3, 3))
+    ]
+    assert sum(isinstance(m, nn.MaxPool2d) for m in learner.relation) == pools
+    linears = [m for m in learner.relation if isinstance(m, nn.Linear)]
+    assert [(lin.in_features, lin.out_features) for lin in linears] == [(64, 8), (8, 1)]
+    assert isinstance(learner.relation[-1], nn.Sigmoid)
+    learner.eval()
+    with torch.no_grad():
+        embedding = learner.embed(torch.rand(3, 1, 28, 28))
+    assert embedding.shape == (3, embedding_dim(backbone))  # the probes see the backbone's output
+
+
+def test_relationnet_scores_class_sums_against_queries_with_mse_to_one_hot():
+    learner = conv4_learner({"name": "relationnet", "hidden": 4})
+    learner.train()
+    support, query = torch.rand(6, 1, 28, 28), torch.rand(4, 1, 28, 28)  # 2-way 3-shot, 2 queries per class
+    loss, accuracy = learner.episode_loss(support, query, 2, torch.tensor([0, 1]))
+    maps = learner.feature_maps(torch.cat([support, query]))
+    s, q = maps[:6], maps[6:]
+    class_maps = torch.stack([s[:3].sum(0), s[3:].sum(0)])
+    pairs = torch.cat([class_maps.unsqueeze(0).expand(4, -1, -1, -1, -1), q.unsqueeze(1).expand(-1, 2, -1, -1, -1)], 2)
+    scores = learner.relation(pairs.flatten(0, 1)).reshape(4, 2)
+    assert torch.equal(learner.relation_scores(s, q, 2), scores) and ((scores > 0) & (scores < 1)).all()
+    one_hot = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    assert loss.item() == pytest.approx(((scores - one_hot) ** 2).mean().item(), rel=1e-6)
+    assert accuracy.item() == (scores.argmax(1) == torch.tensor([0, 0, 1, 1])).float().mean().item()
+
+
+def test_relationnet_learns_to_classify_held_out_episodes(split):
+    learner = conv4_learner({"name": "relationnet"})
+    held_out = list(episodes(split, 5, seed=100))
+
+    def accuracy() -> float:
+        learner.eval()
+        with torch.no_grad():
+            return sum(learner.fewshot(s, q, SPEC.n_way)[1].item() for s, q, _ in held_out) / len(held_out)
+
+    before = accuracy()
+    learner.train()
+    optimizer = torch.optim.Adam(learner.parameters(), lr=5e-3)
+    for support, query, classes in episodes(split, 40, seed=5):
+        loss, _ = learner.episode_loss(support, query, SPEC.n_way, classes)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = accuracy()
+    assert before < 0.4 and after > 0.6, f"held-out 5-way accuracy {before:.2f} -> {after:.2f} (chance 0.2)"
+    assert learner.head_weights() is None

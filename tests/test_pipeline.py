@@ -13,7 +13,7 @@ from PIL import Image
 
 from metacollapse.runs import RUN_COLUMNS
 
-LEARNERS = {"protonet", "matchingnet", "maml", "anil", "classifier", "protonet_head"}
+LEARNERS = {"protonet", "matchingnet", "maml", "anil", "classifier", "protonet_head", "relationnet"}
 
 
 def runs(workdir):

@@ -98,7 +98,17 @@ def cmd_make_probes(args: argparse.Namespace) -> None:
 def cmd_features(args: argparse.Namespace) -> None:
     from metacollapse.features import features_stage
 
-    features_stage(args.spec, args.checkpoints, args.probes, args.data_dir, args.out, _runtime(args))
+    layers = "all" if args.layers == ["all"] else args.layers
+    features_stage(
+        args.spec,
+        args.checkpoints,
+        args.probes,
+        args.data_dir,
+        args.out,
+        _runtime(args),
+        layers=layers,
+        feature_precision=args.feature_precision,
+    )
 
 
 def cmd_nc(args: argparse.Namespace) -> None:
@@ -232,6 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, nargs="+", required=True, help="one feature dump per checkpoint")
     p.add_argument("--probes", type=Path, required=True)
     p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument(
+        "--layers",
+        nargs="+",
+        default=None,
+        help="also dump these blocks' averaged outputs: 'all' or names (conv4: block1..; resnet18: layer1..layer4)",
+    )
+    p.add_argument(
+        "--feature-precision",
+        default="fp32",
+        choices=["fp32", "train"],
+        help="arithmetic of the dumps: fp32 (default), or train: the --precision the run trains in",
+    )
     compute_options(p)
 
     p = add("nc", cmd_nc, "Neural-collapse tables (long CSV) of feature dumps, one per dump.")

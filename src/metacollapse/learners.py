@@ -14,14 +14,18 @@ Conventions shared by every learner:
   the classes it trains on and ``row_of_class`` maps a split class id to its row among them (-1 outside); both
   follow from the run spec, so checkpoints do not store them.
 
-Adding a method is one decorated class; ``build_learner`` passes the config's options as keyword arguments.
+Adding a method is one decorated class. Its options are its keyword-only constructor arguments; their defaults
+come from the signature or, where subclasses differ only in defaults, from the class's ``option_defaults``.
+``build_learner`` checks the config's options against their annotated types and passes them all as keywords.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Callable, Iterator, Mapping
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -31,6 +35,8 @@ from torch.func import functional_call
 
 from metacollapse import protonet
 from metacollapse.device import autocast, to_input
+from metacollapse.models import feature_map_shape, forward_with_layers, layer_names, layer_outputs
+from metacollapse.protonet import episode_targets, nll_and_accuracy
 
 LEARNERS: dict[str, type[Learner]] = {}
 
@@ -48,14 +54,43 @@ def register_learner(name: str) -> Callable[[type[Learner]], type[Learner]]:
     return decorator
 
 
-def learner_options(cls: type[Learner]) -> dict[str, Any]:
-    """The options a learner accepts (keyword-only constructor arguments along its bases) and their defaults."""
-    options: dict[str, Any] = {}
+def _option_signature(cls: type[Learner]) -> dict[str, tuple[Any, Any]]:
+    """``{option: (default, type)}``: the keyword-only constructor arguments along the class's bases, their
+    annotated types, and their defaults (a class's ``option_defaults`` override its bases' signatures)."""
+    options: dict[str, tuple[Any, Any]] = {}
     for klass in reversed(cls.__mro__):
-        if issubclass(klass, Learner) and "__init__" in vars(klass):
-            params = inspect.signature(klass.__init__).parameters.values()
-            options.update({p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY})
+        if not issubclass(klass, Learner):
+            continue
+        if "__init__" in vars(klass):
+            hints = typing.get_type_hints(klass.__init__)
+            for p in inspect.signature(klass.__init__).parameters.values():
+                if p.kind is inspect.Parameter.KEYWORD_ONLY:
+                    options[p.name] = (p.default, hints[p.name])
+        for option, default in vars(klass).get("option_defaults", {}).items():
+            options[option] = (default, options[option][1])
     return options
+
+
+def learner_options(cls: type[Learner]) -> dict[str, Any]:
+    """The options a learner accepts and their defaults."""
+    return {option: default for option, (default, _) in _option_signature(cls).items()}
+
+
+def _is_instance(value: Any, expected: Any) -> bool:
+    """``isinstance`` for option types: a bool is no number, an int is a float, ``X | None`` admits None."""
+    if isinstance(expected, types.UnionType):
+        return any(_is_instance(value, t) for t in typing.get_args(expected))
+    if expected is type(None):
+        return value is None
+    if expected in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float) if expected is float else expected)
+
+
+def _type_name(expected: Any) -> str:
+    if isinstance(expected, types.UnionType):
+        return " or ".join(_type_name(t) for t in typing.get_args(expected))
+    return "null" if expected is type(None) else expected.__name__
 
 
 def build_learner(spec: Mapping[str, Any], backbone: nn.Module, embedding_dim: int, n_train_classes: int) -> Learner:
@@ -64,11 +99,19 @@ def build_learner(spec: Mapping[str, Any], backbone: nn.Module, embedding_dim: i
     name = options.pop("name", None)
     if name not in LEARNERS:
         raise ValueError(f"unknown learner {name!r}; expected one of {sorted(LEARNERS)}")
-    allowed = learner_options(LEARNERS[name])
-    unknown = sorted(set(options) - set(allowed))
+    signature = _option_signature(LEARNERS[name])
+    unknown = sorted(set(options) - set(signature))
     if unknown:
-        raise ValueError(f"learner {name!r}: unknown options {unknown}; allowed: {sorted(allowed)}")
-    return LEARNERS[name](backbone, embedding_dim, n_train_classes, **options)
+        raise ValueError(f"learner {name!r}: unknown options {unknown}; allowed: {sorted(signature)}")
+    for option, value in options.items():
+        expected = signature[option][1]
+        if not _is_instance(value, expected):
+            found = f"{value!r} ({type(value).__name__})"
+            raise ValueError(f"learner {name!r}: option {option} is {found}, expected {_type_name(expected)}")
+    if options.get("class_seed") is not None and options.get("classes") is None:
+        raise ValueError(f"learner {name!r}: class_seed needs classes (without classes it trains on every class)")
+    defaults = {option: default for option, (default, _) in signature.items()}
+    return LEARNERS[name](backbone, embedding_dim, n_train_classes, **{**defaults, **options})
 
 
 def class_subset(n_classes: int, k: int, seed: int) -> Tensor:
@@ -83,13 +126,14 @@ def _require(condition: bool, learner: str, message: str) -> None:
         raise ValueError(f"learner {learner!r}: {message}")
 
 
-def _episode_targets(n_way: int, n_per_class: int, device: torch.device) -> Tensor:
-    return torch.arange(n_way, device=device).repeat_interleave(n_per_class)
-
-
-def _nll_and_accuracy(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    log_p = F.log_softmax(logits.float(), dim=1)
-    return F.nll_loss(log_p, targets), (log_p.argmax(dim=1) == targets).float().mean()
+def _scale(module: nn.Module, scale: float, learn: bool) -> None:
+    """Give ``module`` a ``scale``: a parameter starting at ``scale`` when ``learn``, else a fixed buffer."""
+    _require(scale > 0, module.name, f"scale must be > 0, got {scale!r}")
+    value = torch.tensor(float(scale))
+    if learn:
+        module.scale = nn.Parameter(value)
+    else:
+        module.register_buffer("scale", value)
 
 
 class Learner(nn.Module):
@@ -125,6 +169,12 @@ class Learner(nn.Module):
             out = self.backbone(to_input(images, self.precision))
         return out.float()
 
+    def embed_layers(self, images: Tensor, names: Sequence[str]) -> dict[str, Tensor]:
+        """float32 spatial means of the named blocks' outputs and the ``embedding`` (equal to :meth:`embed`), from
+        one forward pass in the learner's precision (:func:`metacollapse.models.layer_outputs`)."""
+        with autocast(images.device, self.precision):
+            return layer_outputs(self.backbone, to_input(images, self.precision), names)
+
     def embed_pair(self, support: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
         """Support and query in one forward pass, so batch norm in train mode sees the whole episode."""
         out = self.embed(torch.cat([support, query], dim=0))
@@ -144,7 +194,8 @@ class Learner(nn.Module):
         """The split class ids training draws from, or None for all of them."""
         return self.class_ids if self.restricted else None
 
-    def classifier(self) -> tuple[Tensor, Tensor, Tensor] | None:
+    def head_weights(self) -> tuple[Tensor, Tensor, Tensor] | None:
+        """A linear head over training classes: (weight ``[K, d]``, bias ``[K]``, split class id of each row)."""
         return None
 
 
@@ -179,8 +230,34 @@ class ProtoNetHead(ProtoNet):
         head_loss = F.cross_entropy(self.head(torch.cat([s, q])), labels)
         return loss + self.head_weight * head_loss, accuracy
 
-    def classifier(self) -> tuple[Tensor, Tensor, Tensor]:
+    def head_weights(self) -> tuple[Tensor, Tensor, Tensor]:
         return self.head.weight.detach(), self.head.bias.detach(), self.class_ids
+
+
+@register_learner("protonet_cosine")
+class ProtoNetCosine(Learner):
+    """ProtoNet on L2-normalised embeddings: a prototype is the mean of its class's normalised support embeddings,
+    a query's logits are ``scale * cos(query, prototype)``, and the loss is their cross-entropy, as ProtoNet's.
+
+    ``scale`` (default 10) sets the softmax's sharpness, which cosines in [-1, 1] alone cap; it is learned from that
+    starting value unless ``learn_scale: false``. ``fewshot`` uses the same rule.
+    """
+
+    def __init__(self, *args: Any, scale: float = 10.0, learn_scale: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _scale(self, scale, learn_scale)
+
+    def logits(self, support_embeddings: Tensor, query_embeddings: Tensor, n_way: int) -> Tensor:
+        """``[n_query, n_way]``: ``scale`` times the cosine of each query with each class's prototype."""
+        prototypes = protonet.prototypes(F.normalize(support_embeddings, dim=1), n_way)
+        return self.scale * (F.normalize(query_embeddings, dim=1) @ F.normalize(prototypes, dim=1).T)
+
+    def fewshot(self, support: Tensor, query: Tensor, n_way: int) -> tuple[Tensor, Tensor]:
+        s, q = self.embed_pair(support, query)
+        return nll_and_accuracy(self.logits(s, q, n_way), episode_targets(n_way, q.shape[0] // n_way, q.device))
+
+    def episode_loss(self, support: Tensor, query: Tensor, n_way: int, classes: Tensor) -> tuple[Tensor, Tensor]:
+        return self.fewshot(support, query, n_way)
 
 
 @register_learner("matchingnet")
@@ -196,12 +273,7 @@ class MatchingNet(Learner):
 
     def __init__(self, *args: Any, scale: float = 10.0, learn_scale: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        _require(scale > 0, "matchingnet", f"scale must be > 0, got {scale!r}")
-        value = torch.tensor(float(scale))
-        if learn_scale:
-            self.scale = nn.Parameter(value)
-        else:
-            self.register_buffer("scale", value)
+        _scale(self, scale, learn_scale)
 
     def class_log_probs(self, support_embeddings: Tensor, query_embeddings: Tensor, n_way: int) -> Tensor:
         """``[n_query, n_way]`` log of the attention each query puts on each class's supports."""
@@ -211,9 +283,66 @@ class MatchingNet(Learner):
 
     def fewshot(self, support: Tensor, query: Tensor, n_way: int) -> tuple[Tensor, Tensor]:
         s, q = self.embed_pair(support, query)
-        log_p = self.class_log_probs(s, q, n_way)
-        targets = _episode_targets(n_way, q.shape[0] // n_way, q.device)
-        return F.nll_loss(log_p, targets), (log_p.argmax(dim=1) == targets).float().mean()
+        targets = episode_targets(n_way, q.shape[0] // n_way, q.device)
+        return nll_and_accuracy(self.class_log_probs(s, q, n_way), targets, log_probs=True)
+
+    def episode_loss(self, support: Tensor, query: Tensor, n_way: int, classes: Tensor) -> tuple[Tensor, Tensor]:
+        return self.fewshot(support, query, n_way)
+
+
+@register_learner("relationnet")
+class RelationNet(Learner):
+    """Relation Networks (Sung et al., 2018, "Learning to Compare"): a learned module scores each (query, class)
+    pair from the concatenation of the class's feature map (the sum of its support maps, the paper's K-shot rule)
+    and the query's, both the backbone's last block output before its flatten or average pool (Conv-4 on 28x28:
+    ``width x 1 x 1``; ResNet-18: ``512 x 4 x 4``). Loss: the mean squared error of the scores against one-hot
+    targets, as in the paper; prediction: the highest score.
+
+    The relation module is the paper's, fitted to small maps: two blocks of 3x3 convolution (``channels`` filters,
+    64 as in the paper, padding 1), batch norm and ReLU, each followed by 2x2 max-pooling only while the map is at
+    least 2x2; then a ``hidden``-unit (8) ReLU layer and one sigmoid output. It runs in float32 outside autocast,
+    like every head. The embedding (``embed``, the probes) is the backbone's output as for every learner.
+    """
+
+    def __init__(self, *args: Any, channels: int = 64, hidden: int = 8, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for key, value in (("channels", channels), ("hidden", hidden)):
+            _require(value >= 1, self.name, f"{key} must be >= 1, got {value!r}")
+        in_channels, h, w = feature_map_shape(self.backbone)
+        in_channels *= 2
+        layers: list[nn.Module] = []
+        for _ in range(2):
+            layers += [nn.Conv2d(in_channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU()]
+            if min(h, w) >= 2:
+                layers.append(nn.MaxPool2d(2))
+                h, w = h // 2, w // 2
+            in_channels = channels
+        self.relation = nn.Sequential(
+            *layers, nn.Flatten(), nn.Linear(channels * h * w, hidden), nn.ReLU(), nn.Linear(hidden, 1), nn.Sigmoid()
+        )
+
+    def feature_maps(self, images: Tensor) -> Tensor:
+        """Images ``[n, 1, H, W]`` -> float32 maps ``[n, C, h, w]`` (backbone in the learner's precision)."""
+        last = layer_names(self.backbone)[-1]
+        with autocast(images.device, self.precision):
+            _, maps = forward_with_layers(self.backbone, to_input(images, self.precision), [last])
+        return maps[last].float()
+
+    def relation_scores(self, support_maps: Tensor, query_maps: Tensor, n_way: int) -> Tensor:
+        """``[n_query, n_way]`` scores in (0, 1) of class-major support maps against each query map."""
+        class_maps = support_maps.reshape(n_way, -1, *support_maps.shape[1:]).sum(dim=1)
+        n_query, c, h, w = query_maps.shape
+        pairs = torch.cat(
+            [class_maps.expand(n_query, -1, -1, -1, -1), query_maps.unsqueeze(1).expand(-1, n_way, -1, -1, -1)], dim=2
+        )
+        return self.relation(pairs.reshape(n_query * n_way, 2 * c, h, w)).reshape(n_query, n_way)
+
+    def fewshot(self, support: Tensor, query: Tensor, n_way: int) -> tuple[Tensor, Tensor]:
+        maps = self.feature_maps(torch.cat([support, query], dim=0))
+        scores = self.relation_scores(maps[: support.shape[0]], maps[support.shape[0] :], n_way)
+        targets = episode_targets(n_way, query.shape[0] // n_way, query.device)
+        loss = F.mse_loss(scores, F.one_hot(targets, n_way).float())
+        return loss, (scores.argmax(dim=1) == targets).float().mean()
 
     def episode_loss(self, support: Tensor, query: Tensor, n_way: int, classes: Tensor) -> tuple[Tensor, Tensor]:
         return self.fewshot(support, query, n_way)
@@ -238,10 +367,19 @@ class _InnerLoop(Learner):
     episode loss. The head exists only inside a task, so training and testing may use different ``n_way``.
 
     ``first_order``: the inner gradients are treated as constants (no second derivatives) in the outer update.
+    ``inner_lr`` and ``first_order`` default per method (``option_defaults``).
     """
 
+    option_defaults: ClassVar[dict[str, Any]]
+
     def __init__(
-        self, *args: Any, inner_steps: int, eval_inner_steps: int, inner_lr: float, first_order: bool, **kwargs: Any
+        self,
+        *args: Any,
+        inner_steps: int = 5,
+        eval_inner_steps: int = 10,
+        inner_lr: float,
+        first_order: bool,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         for key, value in (("inner_steps", inner_steps), ("eval_inner_steps", eval_inner_steps)):
@@ -295,29 +433,13 @@ class ANIL(_InnerLoop):
     differentiates through the head's updates, which is cheap; it lets the support features shape the head.
     """
 
-    def __init__(
-        self,
-        *args: Any,
-        inner_steps: int = 5,
-        eval_inner_steps: int = 10,
-        inner_lr: float = 0.4,
-        first_order: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            *args,
-            inner_steps=inner_steps,
-            eval_inner_steps=eval_inner_steps,
-            inner_lr=inner_lr,
-            first_order=first_order,
-            **kwargs,
-        )
+    option_defaults: ClassVar[dict[str, Any]] = {"inner_lr": 0.4, "first_order": False}
 
     def task_loss(self, support: Tensor, query: Tensor, n_way: int, steps: int) -> tuple[Tensor, Tensor]:
         s, q = self.embed_pair(support, query)
-        targets = _episode_targets(n_way, s.shape[0] // n_way, s.device)
+        targets = episode_targets(n_way, s.shape[0] // n_way, s.device)
         _, w, b = self.adapt(lambda params, w, b: F.linear(s, w, b), targets, n_way, steps)
-        return _nll_and_accuracy(F.linear(q, w, b), _episode_targets(n_way, q.shape[0] // n_way, q.device))
+        return nll_and_accuracy(F.linear(q, w, b), episode_targets(n_way, q.shape[0] // n_way, q.device))
 
 
 @register_learner("maml")
@@ -333,23 +455,7 @@ class MAML(_InnerLoop):
     so on CPU.
     """
 
-    def __init__(
-        self,
-        *args: Any,
-        inner_steps: int = 5,
-        eval_inner_steps: int = 10,
-        inner_lr: float = 0.1,
-        first_order: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            *args,
-            inner_steps=inner_steps,
-            eval_inner_steps=eval_inner_steps,
-            inner_lr=inner_lr,
-            first_order=first_order,
-            **kwargs,
-        )
+    option_defaults: ClassVar[dict[str, Any]] = {"inner_lr": 0.1, "first_order": True}
 
     def adapted_params(self) -> dict[str, Tensor]:
         return dict(self.backbone.named_parameters())
@@ -364,12 +470,12 @@ class MAML(_InnerLoop):
         return out.float()
 
     def task_loss(self, support: Tensor, query: Tensor, n_way: int, steps: int) -> tuple[Tensor, Tensor]:
-        targets = _episode_targets(n_way, support.shape[0] // n_way, support.device)
+        targets = episode_targets(n_way, support.shape[0] // n_way, support.device)
         params, w, b = self.adapt(
             lambda params, w, b: F.linear(self.features(support, params), w, b), targets, n_way, steps
         )
         logits = F.linear(self.features(query, params), w, b)
-        return _nll_and_accuracy(logits, _episode_targets(n_way, query.shape[0] // n_way, query.device))
+        return nll_and_accuracy(logits, episode_targets(n_way, query.shape[0] // n_way, query.device))
 
 
 @register_learner("classifier")
@@ -389,7 +495,7 @@ class Classifier(Learner):
 
     def batch_loss(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """Cross-entropy and accuracy of the head; ``labels`` are split class ids from :meth:`train_class_ids`."""
-        return _nll_and_accuracy(self.head(self.embed(images)), self.row_of_class[labels])
+        return nll_and_accuracy(self.head(self.embed(images)), self.row_of_class[labels])
 
-    def classifier(self) -> tuple[Tensor, Tensor, Tensor]:
+    def head_weights(self) -> tuple[Tensor, Tensor, Tensor]:
         return self.head.weight.detach(), self.head.bias.detach(), self.class_ids

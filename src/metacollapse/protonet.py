@@ -1,16 +1,31 @@
-"""The Prototypical Network objective: prototypes, squared Euclidean distances, episode loss and accuracy.
+"""The Prototypical Network objective (prototypes, squared Euclidean distances, episode loss) and the NLL and
+accuracy every learner reports.
 
 Follows Snell et al. (2017): a prototype is the mean support embedding of a class; a query's logits are the
 negative squared Euclidean distances to the prototypes; the loss is the NLL of log-softmax over the queries.
-Support and query images go through the backbone as one batch, as in the original code, so batch norm in train
-mode sees the whole episode.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+
+def episode_targets(n_way: int, n_per_class: int, device: torch.device) -> torch.Tensor:
+    """Class-major labels ``[n_way * n_per_class]``: ``n_per_class`` zeros, then ones, and so on."""
+    return torch.arange(n_way, device=device).repeat_interleave(n_per_class)
+
+
+def nll_and_accuracy(
+    scores: torch.Tensor, targets: torch.Tensor, log_probs: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean NLL and the fraction of rows whose largest score is the target (0-d float32 tensors, no host sync).
+
+    ``scores`` ``[n, classes]`` are logits (log-softmax is taken here, in float32), or already log-probabilities
+    when ``log_probs`` is true.
+    """
+    log_p = scores if log_probs else F.log_softmax(scores.float(), dim=1)
+    return F.nll_loss(log_p, targets), (log_p.argmax(dim=1) == targets).float().mean()
 
 
 def prototypes(support_embeddings: torch.Tensor, n_way: int) -> torch.Tensor:
@@ -34,17 +49,6 @@ def episode_loss(
 
     Queries are class-major: query ``i`` belongs to class ``i // n_query``.
     """
-    protos = prototypes(support_embeddings, n_way)
-    logits = -squared_euclidean(query_embeddings, protos)
-    n_query = query_embeddings.shape[0] // n_way
-    targets = torch.arange(n_way, device=logits.device).repeat_interleave(n_query)
-    log_p = F.log_softmax(logits.float(), dim=1)
-    loss = F.nll_loss(log_p, targets)
-    accuracy = (log_p.argmax(dim=1) == targets).float().mean()
-    return loss, accuracy
-
-
-def embed_episode(model: nn.Module, support: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embed support and query images in one forward pass; returns the two embedding blocks."""
-    embeddings = model(torch.cat([support, query], dim=0))
-    return embeddings[: support.shape[0]], embeddings[support.shape[0] :]
+    logits = -squared_euclidean(query_embeddings, prototypes(support_embeddings, n_way))
+    targets = episode_targets(n_way, query_embeddings.shape[0] // n_way, logits.device)
+    return nll_and_accuracy(logits, targets)
