@@ -5,7 +5,7 @@ slurmctld and slurmd (one node, 16 declared CPUs, one fake GPU); the session fix
 again (tests/slurm/stop.sh), also when a test or the start itself fails. Needs root or passwordless sudo.
 
 Selected only on request, because it takes minutes:
-    pytest -m slurm tests/test_slurm.py          (or METACOLLAPSE_SLURM_TESTS=1 pytest ...)
+    pytest -m slurm tests/test_slurm.py
 By default the quick preset runs with its conv4 run only (every rule, a fraction of the time): the test adds an
 overlay config (config/slurm_test.yaml in its workspace) that sets the other runs and the sweeps to null.
 METACOLLAPSE_SLURM_RUNS=all runs every run of config/quick.yaml; a comma-separated list (e.g. conv4,learners) keeps
@@ -63,10 +63,6 @@ RUNS_SELECTION = os.environ.get("METACOLLAPSE_SLURM_RUNS", "conv4")
 FAILING_RUN = "conv4"
 
 
-def _selected(config: pytest.Config) -> bool:
-    return "slurm" in (config.getoption("markexpr") or "") or os.environ.get("METACOLLAPSE_SLURM_TESTS") == "1"
-
-
 def _can_be_root() -> bool:
     if os.geteuid() == 0:
         return True
@@ -85,10 +81,8 @@ def _script(name: str, *args: str, timeout: float) -> subprocess.CompletedProces
 @pytest.fixture(scope="session")
 def slurm_cluster(request):
     """A running one-node SLURM cluster; its daemons are stopped when the session ends, whatever happens."""
-    if not _selected(request.config):
-        pytest.skip("SLURM tests run only with -m slurm or METACOLLAPSE_SLURM_TESTS=1")
     if not _can_be_root():
-        pytest.skip("the SLURM test cluster needs root or passwordless sudo")
+        pytest.fail("the SLURM test cluster needs root or passwordless sudo")
 
     stopped = False
 

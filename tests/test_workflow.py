@@ -118,12 +118,6 @@ def test_the_workstation_profile_gives_each_torch_stage_the_gpu(tmp_path):
             assert "gpu=" not in job["resources"], job
 
 
-def test_lint_is_clean(tmp_path):
-    workdir = make_workspace(tmp_path)
-    result = snakemake(workdir, "--lint", check=False)
-    assert "Congratulations" in result.stdout + result.stderr, result.stdout + result.stderr
-
-
 @pytest.mark.parametrize(
     ("override", "named"),
     [("colour=blue", "colour"), ("device=tpu", "tpu"), ("epochs=0", "0"), ("precision=fp8", "fp8")],
