@@ -14,7 +14,9 @@ configfile: "config/config.yaml"
 report: "workflow/report/workflow.rst"
 
 
+include: "workflow/rules/config.smk"
 include: "workflow/rules/common.smk"
+include: "workflow/rules/start.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/features.smk"
@@ -24,6 +26,7 @@ include: "workflow/rules/summary.smk"
 localrules:
     all,
     download,
+    download_fashion,
     probes,
     aggregate,
     figures,
@@ -31,9 +34,8 @@ localrules:
 
 
 onstart:
-    # On a CPU, say how long the runs still to train would take (measured now) and name the CPU presets.
-    os.environ.update({"METACOLLAPSE_PLAN": cpu_plan()})
-    shell("python -m metacollapse estimate || true")
+    # Before a local run that trains: on a CPU, how long that training would take here (bounded in time).
+    estimate_training_time()
 
 
 rule all:
@@ -42,11 +44,13 @@ rule all:
         rules.figures.output,
         rules.dvc_metrics.output,
         run_files("results/{run}/fewshot_accuracy.csv"),
-        # Named so that a deleted feature dump or NC table is remade even though the tables built from it exist
-        # (Snakemake does not remake missing intermediate files on its own).
+        # Named so that a deleted checkpoint, feature dump or NC table is remade even though what was built from
+        # it exists (Snakemake does not remake missing intermediate files on its own), and the manifests so that
+        # damaged processed data is remade (start.smk).
         [
-            f"results/{run}/{kind}/epoch_{e:03d}.{ext}"
+            path
             for run in RUNS
-            for e in FEATURE_EPOCHS
-            for kind, ext in (("features", "npz"), ("nc", "csv"))
+            for kind, epochs in (("checkpoints", EPOCHS), ("features", FEATURE_EPOCHS), ("nc", FEATURE_EPOCHS))
+            for path in epoch_files(kind, epochs, run)
         ],
+        [manifest(dataset) for dataset in USED_DATASETS],

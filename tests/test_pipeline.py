@@ -8,9 +8,11 @@ import shutil
 
 import pandas as pd
 import pytest
+import torch
 from conftest import snakemake
 from PIL import Image
 
+from metacollapse.plan import resolve_runtime
 from metacollapse.runs import RUN_COLUMNS
 
 LEARNERS = {"protonet", "matchingnet", "maml", "anil", "classifier", "protonet_head", "relationnet"}
@@ -85,10 +87,14 @@ def test_a_second_run_has_nothing_to_do(quick_run):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
-def test_html_report_embeds_the_figures_with_captions(quick_run):
+def test_html_report_embeds_the_figures_and_tables_with_labels_to_filter_by(quick_run):
     snakemake(quick_run, "--configfile", "config/quick.yaml", "--report", "report.html")
     html = (quick_run / "report.html").read_text(errors="replace")
     assert "nc1.png" in html and "training.png" in html
+    for table in ("train_log", "fewshot_accuracy", "nc_metrics", "runs"):
+        assert f'"labels": {{"study": "quick", "table": "{table}", "kind": "table"}}' in html
+    assert '"labels": {"study": "quick", "figure": "nc1", "kind": "metric over epochs", "metric": "nc1"}' in html
+    assert '"labels": {"study": "quick", "figure": "training", "kind": "Training curves", "metric": "several"}' in html
 
 
 @pytest.fixture
@@ -105,10 +111,104 @@ def planned(workdir, *args):
     return {line.split()[1].rstrip(":") for line in out.splitlines() if line.startswith(("rule ", "localrule "))}
 
 
-def test_a_code_change_reruns_its_stage_and_what_follows(quick_copy):
-    nc = quick_copy / "src" / "metacollapse" / "nc.py"
-    nc.write_text(nc.read_text() + "\n# a changed metric module\n")
-    assert planned(quick_copy) == {"nc", "aggregate", "figures", "dvc_metrics", "all"}
+SUMMARIES = {"aggregate", "figures", "dvc_metrics", "all"}
+
+
+@pytest.mark.parametrize(
+    ("module", "expected"),
+    [
+        ("matmul_conv.py", {"train", "evaluate", "features", "nc", *SUMMARIES}),  # imported by device, lazily
+        ("nc.py", {"nc", *SUMMARIES}),
+        ("estimate.py", set()),  # no stage imports it
+    ],
+)
+def test_a_code_change_reruns_the_stages_that_import_the_module_and_what_follows(quick_copy, module, expected):
+    path = quick_copy / "src" / "metacollapse" / module
+    path.write_text(path.read_text() + "\n# an edit\n")
+    assert planned(quick_copy) == expected
+
+
+def test_a_change_to_prepare_s_code_reruns_every_reader_of_the_data_and_undoing_it_retrains_nothing(quick_copy):
+    path = quick_copy / "src" / "metacollapse" / "data.py"
+    original = path.read_text()
+    path.write_text(original + "\n# an edit\n")
+    assert {"prepare", "train", "evaluate", "probes", "features"} <= planned(quick_copy)
+    path.write_text(original)
+    assert planned(quick_copy) <= {"prepare", "all"}  # the data version is today's again
+
+
+def test_settings_that_resolve_to_the_same_runtime_rerun_nothing(quick_copy):
+    same = resolve_runtime("auto", "auto", False)  # what the quick run used
+    assert planned(quick_copy, "--config", f"device={same['device']}", f"precision={same['precision']}") == set()
+    assert planned(quick_copy, "--config", "deterministic=True", "--set-threads", "train=1") == set()
+
+
+def test_a_device_this_machine_lacks_stops_the_run_before_it_deletes_anything(quick_copy):
+    before = {p: p.stat().st_mtime_ns for p in (quick_copy / "results").rglob("*") if p.is_file()}
+    device = f"cuda:{torch.cuda.device_count()}"
+    result = snakemake(quick_copy, "--configfile", "config/quick.yaml", "--config", f"device={device}", check=False)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("metacollapse plan: error: ")]
+    assert result.returncode != 0 and len(errors) == 1 and device in errors[0] and "Traceback" not in result.stderr
+    assert {p: p.stat().st_mtime_ns for p in (quick_copy / "results").rglob("*") if p.is_file()} == before
+
+
+def test_a_deleted_checkpoint_is_remade_by_a_plain_rerun(quick_copy):
+    (quick_copy / "results" / "conv4" / "checkpoints" / "epoch_001.pt").unlink()
+    assert "train" in planned(quick_copy)
+
+
+def ran(result):
+    """The rules of the jobs a Snakemake run executed."""
+    lines = (result.stdout + result.stderr).splitlines()
+    return {line.split()[1].rstrip(":") for line in lines if line.startswith(("rule ", "localrule "))}
+
+
+def damage(path, keep=0.5):
+    """Replace ``path`` by a truncated copy (the workspace links its files to the shared run: never write in place)."""
+    good = path.read_bytes()
+    path.unlink()
+    path.write_bytes(good[: int(len(good) * keep)])
+    return good
+
+
+def test_a_damaged_processed_split_is_remade_and_no_run_retrains(quick_copy):
+    train = quick_copy / "data" / "processed" / "train.npy"
+    good = damage(train)
+    checkpoints = {p: p.stat().st_mtime_ns for p in (quick_copy / "results").rglob("*.pt")}
+    result = snakemake(quick_copy, "--configfile", "config/quick.yaml")
+    assert "data/processed/train.npy" in result.stdout + result.stderr
+    assert ran(result) == {"prepare", "all"} and train.read_bytes() == good
+    assert {p: p.stat().st_mtime_ns for p in (quick_copy / "results").rglob("*.pt")} == checkpoints
+    assert planned(quick_copy) == set()
+
+
+def test_a_raw_zip_that_no_longer_verifies_is_downloaded_again_when_prepare_needs_it(quick_copy, omniglot_mirror):
+    """A zip that a broken mirror vouched for, then the mirror fixed: a plain run repairs it, retraining nothing."""
+    raw = quick_copy / "data" / "raw" / "images_background.zip"
+    good = damage(raw)
+    damage(quick_copy / "data" / "processed" / "val.npy")  # so that prepare has to run
+    result = snakemake(
+        quick_copy, "--configfile", "config/quick.yaml", "--config", f"omniglot_mirror={omniglot_mirror}"
+    )
+    assert "data/raw/images_background.zip does not verify" in result.stdout + result.stderr
+    assert ran(result) == {"download", "prepare", "all"} and raw.read_bytes() == good
+    assert planned(quick_copy) == set()
+
+
+def test_the_training_time_estimate_runs_before_training_and_only_then(quick_workspace):
+    (quick_workspace / "tiny.yaml").write_text(
+        "epochs: 1\n"
+        "device: cpu\n"
+        "precision: fp32\n"
+        "defaults:\n"
+        "  train: {n_way: 2, n_support: 1, n_query: 1, steps_per_epoch: 1200}\n"
+        "  val: {n_way: 2, n_support: 1, n_query: 1, episodes: 1}\n"
+        "runs: {conv4: null, resnet18: null, tiny: {backbone: {arch: conv4, width: 2, depth: 1}}}\n"
+    )
+    probes = snakemake(quick_workspace, "results/probes.npz", "--configfile", "tiny.yaml")
+    training = snakemake(quick_workspace, "results/tiny/train_log.csv", "--configfile", "tiny.yaml")
+    assert "This workflow will train" not in probes.stdout + probes.stderr
+    assert "This workflow will train 1 run(s) on the CPU" in training.stdout + training.stderr
 
 
 def test_changing_or_dropping_the_mirror_reruns_and_deletes_nothing(quick_copy, tmp_path):

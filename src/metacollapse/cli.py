@@ -162,6 +162,19 @@ def cmd_estimate(args: argparse.Namespace) -> None:
         print(warning, file=sys.stderr)
 
 
+def cmd_plan(args: argparse.Namespace) -> None:
+    from metacollapse.plan import plan
+
+    request = json.loads(args.plan if args.plan is not None else sys.stdin.read())
+    try:
+        result = plan(request, refuse_device=not args.report_device_error)
+    except (ValueError, RuntimeError) as error:
+        for line in str(error).splitlines():  # one line per problem
+            print(f"metacollapse plan: error: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(json.dumps(result, sort_keys=True))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metacollapse", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
@@ -292,6 +305,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("estimate", cmd_estimate, "On a CPU, estimate the training time of a plan and name the CPU presets.")
     p.add_argument("--plan", default=None, help='JSON {"runs", "device", "precision"} (default: $METACOLLAPSE_PLAN)')
     p.add_argument("--budget", type=float, default=120.0, help="seconds of timing at most (default 120)")
+
+    p = add("plan", cmd_plan, "Check run specs with the registries; print the runtime each run gets here (JSON).")
+    p.add_argument(
+        "--plan",
+        default=None,
+        help='JSON {"runs": {name: spec}, "device", "precision", "deterministic", "raw": [{"dataset", "dir", '
+        '"mirror"}]} (default: read from stdin)',
+    )
+    p.add_argument(
+        "--report-device-error",
+        action="store_true",
+        help="a device this machine lacks goes into the JSON (device_error) instead of failing",
+    )
     return parser
 
 

@@ -76,41 +76,63 @@ def learner_options(cls: type[Learner]) -> dict[str, Any]:
     return {option: default for option, (default, _) in _option_signature(cls).items()}
 
 
-def _is_instance(value: Any, expected: Any) -> bool:
-    """``isinstance`` for option types: a bool is no number, an int is a float, ``X | None`` admits None."""
-    if isinstance(expected, types.UnionType):
-        return any(_is_instance(value, t) for t in typing.get_args(expected))
+def accepts(value: Any, expected: Any) -> bool:
+    """``isinstance`` for config options: a bool is no number, an int is a float, ``X | None`` admits None, and an
+    annotation that is no type (``Any``) admits anything."""
+    if isinstance(expected, types.UnionType) or typing.get_origin(expected) is typing.Union:
+        return any(accepts(value, t) for t in typing.get_args(expected))
     if expected is type(None):
         return value is None
+    if not isinstance(expected, type):
+        return True
     if expected in (int, float) and isinstance(value, bool):
         return False
     return isinstance(value, (int, float) if expected is float else expected)
 
 
-def _type_name(expected: Any) -> str:
-    if isinstance(expected, types.UnionType):
-        return " or ".join(_type_name(t) for t in typing.get_args(expected))
-    return "null" if expected is type(None) else expected.__name__
+def type_name(expected: Any) -> str:
+    """How an option's type reads in an error: ``a number``, ``an integer or null``, ..."""
+    if isinstance(expected, types.UnionType) or typing.get_origin(expected) is typing.Union:
+        return " or ".join(type_name(t) for t in typing.get_args(expected))
+    names = {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(expected, getattr(expected, "__name__", str(expected)))
+
+
+def learner_problems(spec: Mapping[str, Any]) -> list[str]:
+    """What is wrong with a config entry such as ``{"name": "maml", "inner_steps": 5}``, one line per problem
+    naming the key, the value and what is allowed (the name, option names and types, ``class_seed`` without
+    ``classes``), found without building anything; value ranges are the learner constructor's to check."""
+    options = dict(spec)
+    name = options.pop("name", None)
+    if name not in LEARNERS:
+        return [f"learner.name = {name!r}: unknown learner; expected one of {', '.join(sorted(LEARNERS))}"]
+    signature = _option_signature(LEARNERS[name])
+    unknown = sorted(set(options) - set(signature))
+    if unknown:
+        allowed = ", ".join(sorted(signature))
+        return [f"learner.{key}: unknown option of {name!r}; allowed: {allowed}" for key in unknown]
+    problems = [
+        f"learner.{option} = {value!r}: expected {type_name(expected)}"
+        for option, value in options.items()
+        if not accepts(value, expected := signature[option][1])
+    ]
+    if options.get("class_seed") is not None and options.get("classes") is None:
+        problems.append(
+            f"learner.class_seed = {options['class_seed']!r} without learner.classes: class_seed only draws the "
+            "class subset that classes asks for; set classes or drop class_seed"
+        )
+    return problems
 
 
 def build_learner(spec: Mapping[str, Any], backbone: nn.Module, embedding_dim: int, n_train_classes: int) -> Learner:
     """Build the learner a config entry describes, e.g. ``{"name": "maml", "inner_steps": 5}``."""
+    problems = learner_problems(spec)
+    if problems:
+        known = spec.get("name") in LEARNERS
+        raise ValueError((f"learner {spec['name']!r}: " if known else "") + "; ".join(problems))
     options = dict(spec)
-    name = options.pop("name", None)
-    if name not in LEARNERS:
-        raise ValueError(f"unknown learner {name!r}; expected one of {sorted(LEARNERS)}")
-    signature = _option_signature(LEARNERS[name])
-    unknown = sorted(set(options) - set(signature))
-    if unknown:
-        raise ValueError(f"learner {name!r}: unknown options {unknown}; allowed: {sorted(signature)}")
-    for option, value in options.items():
-        expected = signature[option][1]
-        if not _is_instance(value, expected):
-            found = f"{value!r} ({type(value).__name__})"
-            raise ValueError(f"learner {name!r}: option {option} is {found}, expected {_type_name(expected)}")
-    if options.get("class_seed") is not None and options.get("classes") is None:
-        raise ValueError(f"learner {name!r}: class_seed needs classes (without classes it trains on every class)")
-    defaults = {option: default for option, (default, _) in signature.items()}
+    name = options.pop("name")
+    defaults = {option: default for option, (default, _) in _option_signature(LEARNERS[name]).items()}
     return LEARNERS[name](backbone, embedding_dim, n_train_classes, **{**defaults, **options})
 
 

@@ -1,116 +1,134 @@
-# Config validation, the runs the wildcards range over, and the paths every rule shares.
-# Standard library only: the workflow parses and lints with Snakemake alone; the tool code runs inside the rules.
+# Shared by the rules: paths, datasets, the code digests and data versions that decide reruns, and the runtime
+# token of the torch stages. Snakemake and the standard library only: the workflow parses and lints without the
+# package, which runs inside the rules and once at the start (start.smk).
+import ast
 import copy
+import functools
 import hashlib
 import importlib.util
-import itertools
 import json
 import os
 import re
 from pathlib import Path
 
-from snakemake.utils import validate
 
-validate(config, schema="../schemas/config.schema.yaml")
-
-RAW_ZIPS = ["images_background.zip", "images_evaluation.zip"]
-SPLITS = ["train", "val", "trainval", "test"]
-EPOCHS = list(range(0, config["epochs"] + 1))  # epoch 0 is the untrained network
-FIGURES = ["nc1", "nc1_paper", "nc1_quotient", "cdnv", "cdnv_dir", "erank", "nc2_etf_rownorm", "nc2_etf",
-           "nc2_equinorm", "nc2_equiangularity", "nc2_maxangle", "nc3", "nc4", "training", "summary",
-           "model_size", "learners"]  # fmt: skip
+def processed(split):
+    return f"data/processed/{split}.npy"
 
 
-def deep_merge(base, override):
-    """``base`` with ``override`` merged in key by key (nested dicts merge, everything else replaces)."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+def spec_json(wildcards):
+    return json.dumps(RUNS[wildcards.run], sort_keys=True)
 
 
-def set_dotted(tree, dotted, value):
-    *parents, last = dotted.split(".")
-    for key in parents:
-        tree = tree.setdefault(key, {})
-    tree[last] = value
+def run_files(pattern, runs=RUNS):
+    return [pattern.format(run=run) for run in runs]
 
 
-def get_dotted(tree, dotted, sweep):
-    for key in dotted.split("."):
-        if not isinstance(tree, dict) or key not in tree:
-            raise ValueError(f"config sweeps.{sweep}: the name template names {{{dotted}}}, which the run does not set")
-        tree = tree[key]
-    return tree
+EPOCH_EXTENSIONS = {"checkpoints": "pt", "features": "npz", "nc": "csv"}
 
 
-def expand_runs(config):
-    """Every run of the config: ``runs`` plus the grid of every sweep, each merged over ``defaults``."""
-    runs = {}
-
-    def add(name, override, origin):
-        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", name):
-            raise ValueError(f"config {origin}: run name {name!r} must start with a letter and hold only letters, "
-                             "digits, '_', '.' and '-'")  # fmt: skip
-        if name in runs:
-            raise ValueError(f"config {origin}: run name {name!r} is defined twice")
-        spec = deep_merge(config["defaults"], override)
-        spec["train"]["epochs"] = config["epochs"]
-        runs[name] = {"name": name, **spec}
-
-    for name, override in (config.get("runs") or {}).items():
-        if override is not None:  # null drops a run inherited from the default config
-            add(name, override, f"runs.{name}")
-    for sweep, body in (config.get("sweeps") or {}).items():
-        if body is None:
-            continue
-        keys = list(body["grid"])
-        template = body.get("name") or "_".join([sweep, *(f"{k.split('.')[-1]}{{{k}}}" for k in keys)])
-        for values in itertools.product(*body["grid"].values()):
-            override = copy.deepcopy(body.get("run") or {})
-            for key, value in zip(keys, values):
-                set_dotted(override, key, value)
-            name = re.sub(r"\{([^}]+)\}", lambda m: str(get_dotted(override, m.group(1), sweep)), template)
-            add(name, override, f"sweeps.{sweep}")
-    if not runs:
-        raise ValueError("config: no runs (every entry of `runs` is null and there are no sweeps)")
-    for name, spec in runs.items():
-        if "arch" not in spec.get("backbone", {}):
-            raise ValueError(f"config: run {name!r} has no backbone.arch (set it in runs.{name} or the sweep)")
-    return runs
+def epoch_files(kind, epochs, run="{run}"):
+    """``results/{run}/{kind}/epoch_NNN.{ext}`` for each epoch: the one spelling of these paths in the workflow."""
+    return [f"results/{run}/{kind}/epoch_{e:03d}.{EPOCH_EXTENSIONS[kind]}" for e in epochs]
 
 
-RUNS = expand_runs(config)
-if config["features"]["epochs"] == "all":
-    FEATURE_EPOCHS = EPOCHS
-else:
-    FEATURE_EPOCHS = sorted(config["features"]["epochs"])
-    if max(FEATURE_EPOCHS) > config["epochs"]:
-        raise ValueError(
-            f"config: features.epochs asks for epoch {max(FEATURE_EPOCHS)} but epochs is {config['epochs']}"
-        )
-
-# The mirror reaches the download job through the environment, not as a parameter: where verified zips came from
-# is not part of what they are, so changing the mirror reruns nothing.
-MIRROR_ENV = "METACOLLAPSE_OMNIGLOT_MIRROR"
-os.environ.update({MIRROR_ENV: config["omniglot_mirror"] or os.environ.get(MIRROR_ENV, "")})
+# Figures are what has a caption; the report lists them with labels to filter by.
+REPORT = Path(workflow.basedir) / "workflow" / "report"
+FIGURES = sorted(p.stem for p in REPORT.glob("*.rst") if p.stem != "workflow")
+DEFAULT_CONFIG = (Path(workflow.basedir) / "config" / "config.yaml").resolve()
+STUDY = "+".join(Path(f).stem for f in workflow.configfiles if Path(f).resolve() != DEFAULT_CONFIG) or "config"
 
 
-wildcard_constraints:
-    run="|".join(re.escape(r) for r in RUNS),
+def figure_labels(name):
+    """Labels from the caption: a metric against epoch is that metric; any other figure is its bold title."""
+    caption = (REPORT / f"{name}.rst").read_text()
+    if "against training epoch" in caption:
+        return {"study": STUDY, "figure": name, "kind": "metric over epochs", "metric": name}
+    title = re.match(r"\*\*(.+?)\*\*", caption)
+    kind = title.group(1).rstrip(".:") if title else name
+    return {"study": STUDY, "figure": name, "kind": kind, "metric": "several"}
 
 
-# The package modules each stage runs: a change to one reruns that stage and what follows (a code parameter).
-STAGE_CODE = {
-    "prepare": ["data"],
-    "train": ["training", "learners", "models", "episodes", "protonet", "checkpoints", "device", "evaluation", "runs"],
-    "evaluate": ["evaluation", "learners", "models", "episodes", "protonet", "checkpoints", "device", "runs"],
-    "probes": ["features", "episodes"],
-    "features": ["features", "learners", "models", "protonet", "checkpoints", "device", "runs"],
-    "nc": ["nc"],
-    "aggregate": ["tables"],
-    "figures": ["figures"],
+def table(name):
+    """An aggregated table, shown in the report with its labels."""
+    return report(f"results/{name}.csv", category="Tables", labels={"study": STUDY, "table": name, "kind": "table"})
+
+
+# Where each dataset comes from, and which of its splits the config uses.
+
+DATASETS = {
+    "omniglot": {
+        "splits": ["train", "val", "trainval", "test"],
+        "raw_dir": "data/raw",
+        "raw": ["images_background.zip", "images_evaluation.zip"],
+        "mirror": "omniglot_mirror",
+        "command": "prepare",
+    },
+    "fashion": {
+        "splits": ["fashion_train", "fashion_test"],
+        "raw_dir": "data/raw/fashion",
+        "raw": [
+            "train-images-idx3-ubyte.gz",
+            "train-labels-idx1-ubyte.gz",
+            "t10k-images-idx3-ubyte.gz",
+            "t10k-labels-idx1-ubyte.gz",
+        ],
+        "mirror": "fashion_mirror",
+        "command": "prepare-fashion",
+    },
 }
+SPLITS = DATASETS["omniglot"]["splits"]
+SPLIT_LISTS = "data/splits/vinyals"  # Omniglot's class lists and their SHA256SUMS
+
+
+def dataset_of(split):
+    return next(name for name, dataset in DATASETS.items() if split in dataset["splits"])
+
+
+def raw_files(dataset):
+    return [f"{DATASETS[dataset]['raw_dir']}/{name}" for name in DATASETS[dataset]["raw"]]
+
+
+def mirror_env(dataset):
+    return f"METACOLLAPSE_{dataset.upper()}_MIRROR"
+
+
+def manifest(dataset):
+    """Size, mtime and sha256 of every file the dataset's prepare rule wrote (start.smk checks them)."""
+    return f"data/processed/{dataset}_manifest.json"
+
+
+def version_file(dataset):
+    """The data version (data_version) of the files the dataset's prepare rule wrote."""
+    return f"data/processed/{dataset}_version.txt"
+
+
+def prepared_files(dataset):
+    splits = DATASETS[dataset]["splits"]
+    return [processed(s) for s in splits] + [f"data/processed/{s}_classes.txt" for s in splits]
+
+
+EVALUATE = copy.deepcopy(config["evaluate"])
+if "far" in EVALUATE:  # the far-domain protocol takes what it leaves out from the main one
+    EVALUATE["far"] = {**{k: v for k, v in EVALUATE.items() if k not in ("far", "split")}, **EVALUATE["far"]}
+EVALUATE_SPLITS = [EVALUATE["split"], *([EVALUATE["far"]["split"]] if "far" in EVALUATE else [])]
+FEATURE_LAYERS = (
+    [config["features"]["layers"]] if config["features"]["layers"] == "all" else config["features"]["layers"]
+)
+PROBE_SPLITS = sorted({probe["split"] for probe in config["features"]["probes"].values()})
+USED_SPLITS = {s for spec in RUNS.values() for s in (spec["train"]["split"], spec["val"]["split"])}
+USED_SPLITS |= {*EVALUATE_SPLITS, *PROBE_SPLITS}
+USED_DATASETS = sorted({dataset_of(split) for split in USED_SPLITS})
+
+# Mirrors reach the download jobs through the environment, not as parameters: where verified files came from is
+# not part of what they are, so changing a mirror reruns nothing.
+os.environ.update(
+    {mirror_env(d): config[spec["mirror"]] or os.environ.get(mirror_env(d), "") for d, spec in DATASETS.items()}
+)
+
+
+# A change to a package module reruns the stages that run it and what follows.
+
 PACKAGE = Path(workflow.basedir) / "src" / "metacollapse"  # a checkout; else the installed package
 if PACKAGE.is_dir():
     # Rules run `python -m metacollapse`: from this checkout, also in an environment that lacks the package
@@ -121,39 +139,81 @@ elif importlib.util.find_spec("metacollapse"):
 ENV = "../envs/metacollapse.yaml"
 
 
-def code(stage):
+def module_file(dotted):
+    """The file of a package module (``metacollapse.x``), or None for a name that is not one."""
+    parts = dotted.split(".")
+    if parts[0] != "metacollapse" or len(parts) < 2:
+        return None
+    path = PACKAGE.joinpath(*parts[1:])
+    return next((p for p in (path.with_suffix(".py"), path / "__init__.py") if p.is_file()), None)
+
+
+def imported_modules(tree):
+    """The package modules a syntax tree imports, at any depth (imports inside functions included)."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = ("metacollapse" + (f".{node.module}" if node.module else "")) if node.level else node.module or ""
+            names.update([base, *(f"{base}.{alias.name}" for alias in node.names)])
+    return {name for name in names if module_file(name)}
+
+
+@functools.cache
+def module_imports(name):
+    return imported_modules(ast.parse(module_file(name).read_bytes()))
+
+
+@functools.cache
+def code(*commands):
+    """Digest of the package modules that the subcommands run: what their ``cmd_*`` functions in cli.py import,
+    followed through every import of those modules (a rule parameter, so a change reruns the rule)."""
+    cli = PACKAGE / "cli.py"
+    if not cli.is_file():
+        return ""
+    functions = {n.name: n for n in ast.parse(cli.read_bytes()).body if isinstance(n, ast.FunctionDef)}
+    todo = set()
+    for command in commands:  # a command cli.py lacks adds nothing (the job itself then fails, naming it)
+        if f"cmd_{command.replace('-', '_')}" in functions:
+            todo |= imported_modules(functions[f"cmd_{command.replace('-', '_')}"])
+    seen = set()
+    while todo:
+        seen.add(name := todo.pop())
+        todo |= module_imports(name) - seen
     digest = hashlib.sha256()
-    for module in STAGE_CODE[stage]:
-        path = PACKAGE / f"{module}.py"
-        digest.update(path.read_bytes() if path.is_file() else b"")
+    for name in sorted(seen):
+        digest.update(f"{name}\0".encode())
+        digest.update(module_file(name).read_bytes())
     return digest.hexdigest()[:16]
 
 
-def spec_json(wildcards):
-    return json.dumps(RUNS[wildcards.run], sort_keys=True)
+@functools.cache
+def data_version(dataset):
+    """What a dataset's processed splits are a function of: its split lists (Omniglot's SHA256SUMS) and the code
+    of its prepare stage. Written beside the data by prepare (version_file), and a parameter of every reader."""
+    sums = Path(f"{SPLIT_LISTS}/SHA256SUMS").read_bytes() if dataset == "omniglot" else b""
+    return hashlib.sha256(sums + code(DATASETS[dataset]["command"]).encode()).hexdigest()[:16]
 
 
-def compute_flags():
-    return f"--device {config['device']} --precision {config['precision']}"
+def data_versions(splits):
+    return {split: data_version(dataset_of(split)) for split in sorted(set(splits))}
 
 
-def processed(split):
-    return f"data/processed/{split}.npy"
+def train_splits(wildcards):
+    return [RUNS[wildcards.run]["train"]["split"], RUNS[wildcards.run]["val"]["split"]]
 
 
-def probe_splits():
-    return sorted({probe["split"] for probe in config["features"]["probes"].values()})
+def recorded_version(dataset):
+    path = Path(version_file(dataset))
+    return path.read_text().strip() if path.is_file() else None
 
 
-def run_files(pattern, runs=RUNS):
-    return [pattern.format(run=run) for run in runs]
+# Processed splits whose recorded data version is today's are `ancient` inputs of their readers: arrays made
+# again with the same bytes (after damage, or by --forcerun prepare) retrain nothing. Otherwise they are plain
+# inputs, so that a prepare that makes other data reruns every reader in the same run.
+CURRENT_DATA = {d: recorded_version(d) == data_version(d) for d in USED_DATASETS}
 
 
-def epoch_files(folder, ext, epochs):
-    return [f"results/{{run}}/{folder}/epoch_{e:03d}.{ext}" for e in epochs]
-
-
-def cpu_plan():
-    """The runs still to train, as JSON for `metacollapse estimate` (it warns when they would run on a CPU)."""
-    todo = [spec for run, spec in RUNS.items() if not Path(f"results/{run}/train_log.csv").exists()]
-    return json.dumps({"runs": todo, "device": config["device"], "precision": config["precision"]})
+def processed_inputs(splits):
+    return [ancient(processed(s)) if CURRENT_DATA[dataset_of(s)] else processed(s) for s in sorted(set(splits))]

@@ -1,15 +1,18 @@
-# Training and few-shot evaluation: one job per run.
+# Training and few-shot evaluation: one job per run. The processed splits are inputs whose data version is a
+# parameter (common.smk), and the device settings enter as the runtime they resolve to (start.smk): what reruns a
+# run is what can change its numbers.
 
 
 rule train:
     input:
-        train=lambda wc: processed(RUNS[wc.run]["train"]["split"]),
-        val=lambda wc: processed(RUNS[wc.run]["val"]["split"]),
+        lambda wc: processed_inputs(train_splits(wc)),
     output:
-        checkpoints=epoch_files("checkpoints", "pt", EPOCHS),
+        checkpoints=epoch_files("checkpoints", EPOCHS),
         log="results/{run}/train_log.csv",
     log:
         "logs/train/{run}.log",
+    benchmark:
+        "benchmarks/train/{run}.tsv"
     conda:
         ENV
     threads: 2
@@ -17,24 +20,27 @@ rule train:
         gpu=1,
     params:
         spec=spec_json,
-        flags=compute_flags(),
-        deterministic="--deterministic" if config["deterministic"] else "",
+        data=lambda wc: data_versions(train_splits(wc)),
+        runtime=lambda wc: runtime(wc.run, "train"),
+        flags=lambda wc: runtime_flags(runtime(wc.run, "train")),
         code=code("train"),
     shell:
         # Resume state lives in results/{wildcards.run}/train_state/, which is not a declared output, so
         # Snakemake does not delete it when it reruns a killed job (see metacollapse.training).
         "exec python -m metacollapse train --spec {params.spec:q} --data-dir data/processed --out-dir results/{wildcards.run}"
-        " {params.flags} {params.deterministic} --threads {threads} > {log:q} 2>&1"
+        " {params.flags} --threads {threads} > {log:q} 2>&1"
 
 
 rule evaluate:
     input:
-        checkpoint=f"results/{{run}}/checkpoints/epoch_{EPOCHS[-1]:03d}.pt",
-        split=processed(config["evaluate"]["split"]),
+        checkpoint=epoch_files("checkpoints", EPOCHS[-1:]),
+        splits=processed_inputs(EVALUATE_SPLITS),
     output:
         "results/{run}/fewshot_accuracy.csv",
     log:
         "logs/evaluate/{run}.log",
+    benchmark:
+        "benchmarks/evaluate/{run}.tsv"
     conda:
         ENV
     threads: 2
@@ -42,8 +48,10 @@ rule evaluate:
         gpu=1,
     params:
         spec=spec_json,
-        evaluate=json.dumps(config["evaluate"], sort_keys=True),
-        flags=compute_flags(),
+        evaluate=json.dumps(EVALUATE, sort_keys=True),
+        data=data_versions(EVALUATE_SPLITS),
+        runtime=lambda wc: runtime(wc.run, "evaluate"),
+        flags=lambda wc: runtime_flags(runtime(wc.run, "evaluate")),
         code=code("evaluate"),
     shell:
         "exec python -m metacollapse evaluate --spec {params.spec:q} --checkpoint {input.checkpoint:q}"
