@@ -65,10 +65,21 @@ def snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 18
 
 
 @pytest.fixture(scope="session")
-def prepared_workspace(tmp_path_factory, omniglot_mirror) -> Path:
-    """A workspace where `snakemake prepare` has run once on the real mirror (shared by integration tests)."""
+def fashion_mirror() -> Path:
+    """Fashion-MNIST's four files as Debian's package `dataset-fashion-mnist` installs them (fails, never skips,
+    naming the install command, where it is missing)."""
+    from omniglot_fakes import debian_fashion_mirror
+
+    return debian_fashion_mirror()
+
+
+@pytest.fixture(scope="session")
+def prepared_workspace(tmp_path_factory, omniglot_mirror, fashion_mirror) -> Path:
+    """A workspace where both datasets' prepare rules have run once on the real mirrors (shared by integration
+    tests)."""
     workdir = make_workspace(tmp_path_factory.mktemp("prepared"))
-    snakemake(workdir, "prepare", "--config", f"omniglot_mirror={omniglot_mirror}")
+    mirrors = [f"omniglot_mirror={omniglot_mirror}", f"fashion_mirror={fashion_mirror}"]
+    snakemake(workdir, "prepare", "prepare_fashion", "--config", *mirrors)
     return workdir
 
 

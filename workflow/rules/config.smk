@@ -152,6 +152,12 @@ def expand_runs(config):
 
 
 RUNS = expand_runs(config)
+# null drops a probe or the far-domain evaluation that an earlier config file defines
+config["features"]["probes"] = {k: v for k, v in config["features"]["probes"].items() if v is not None}
+if not config["features"]["probes"]:
+    raise SystemExit("config: no probes (every entry of features.probes is null)")
+if config["evaluate"].get("far", "") is None:
+    del config["evaluate"]["far"]
 EPOCHS = list(range(0, config["epochs"] + 1))  # epoch 0 is the untrained network
 if config["features"]["epochs"] == "all":
     FEATURE_EPOCHS = EPOCHS
