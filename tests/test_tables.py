@@ -237,7 +237,7 @@ def test_run_names_of_the_runs_table_are_unique(tmp_path: Path) -> None:
 def test_dvc_metrics_name_accuracies_of_other_splits_by_their_split(tmp_path: Path) -> None:
     log = _csv(_train_log(), tmp_path / "log.csv")
     few = _csv(pd.concat([_fewshot(), _fewshot(split="fashion_test")]), tmp_path / "few.csv")
-    write_dvc_metrics(log, few, tmp_path / "metrics.json", tmp_path / "plots")
-    metrics = json.loads((tmp_path / "metrics.json").read_text())["conv4-s0"]
+    write_dvc_metrics(log, few, tmp_path / "metrics", tmp_path / "plots")
+    metrics = json.loads((tmp_path / "metrics" / "conv4-s0.json").read_text())
     assert metrics["val_acc"] == 90.0 and metrics["acc_5w1s"] == 90.0 and metrics["acc_fashion_test_20w5s"] == 90.0
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["train_loss_conv4-s0.csv", "val_acc_conv4-s0.csv"]

@@ -296,10 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=Path, default=None, help="runs table: groups by the spec keys that vary")
     p.add_argument("--out-dir", type=Path, required=True)
 
-    p = add("dvc-metrics", cmd_dvc_metrics, "Headline numbers (JSON) and curves (CSV) for dvc metrics / plots.")
+    p = add(
+        "dvc-metrics", cmd_dvc_metrics, "Headline numbers (a JSON per run) and curves (CSV) for dvc metrics / plots."
+    )
     p.add_argument("--train-log", type=Path, required=True)
     p.add_argument("--fewshot", type=Path, required=True)
-    p.add_argument("--metrics", type=Path, required=True)
+    p.add_argument("--metrics", type=Path, required=True, help="folder: one {run}.json per run")
     p.add_argument("--plots-dir", type=Path, required=True)
 
     p = add("estimate", cmd_estimate, "On a CPU, estimate the training time of a plan and name the CPU presets.")

@@ -1,7 +1,7 @@
 """The pipeline's tables: their schemas, the one reader, the runs table, and the aggregate and dvc-metrics stages.
 
 Every per-run table starts with the run columns of :mod:`metacollapse.runs`. ``results/{kind}.csv`` are the
-row-wise concatenations of the per-run tables; ``reports/metrics.json`` and ``reports/plots/`` are what
+row-wise concatenations of the per-run tables; ``reports/metrics/`` and ``reports/plots/`` are what
 ``dvc metrics`` and ``dvc plots`` show.
 """
 
@@ -268,9 +268,10 @@ def varying_keys(runs: pd.DataFrame) -> list[str]:
 
 
 def write_dvc_metrics(
-    train_log: str | Path, fewshot: str | Path, metrics: str | Path, plots_dir: str | Path
+    train_log: str | Path, fewshot: str | Path, metrics_dir: str | Path, plots_dir: str | Path
 ) -> list[Path]:
-    """Per run: final validation accuracy and the few-shot accuracies (percent); per run and curve a plot CSV.
+    """Per run a ``{run}.json`` in ``metrics_dir`` (``dvc metrics show`` prints one row per file): the final
+    validation accuracy and the few-shot accuracies (percent); per run and curve a plot CSV in ``plots_dir``.
 
     Accuracies on the ``test`` split are ``acc_{way}w{shot}s``, on another split ``acc_{split}_{way}w{shot}s``.
     """
@@ -286,11 +287,15 @@ def write_dvc_metrics(
             summary.setdefault(str(row.run), {})[f"acc_{split}{row.n_way}w{row.n_shot}s"] = round(
                 100 * float(row.accuracy), 2
             )
-    written = [atomic_write_text(metrics, json.dumps(summary, indent=2, sort_keys=True) + "\n")]
-    plots_dir = Path(plots_dir)
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    for stale in plots_dir.glob("*.csv"):
-        stale.unlink()
+    metrics_dir, plots_dir = Path(metrics_dir), Path(plots_dir)
+    for folder, pattern in ((metrics_dir, "*.json"), (plots_dir, "*.csv")):
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob(pattern):  # runs of an earlier config
+            stale.unlink()
+    written = [
+        atomic_write_text(metrics_dir / f"{run}.json", json.dumps(values, indent=2, sort_keys=True) + "\n")
+        for run, values in summary.items()
+    ]
     for run, rows in log.groupby("run", sort=True):
         for curve in PLOT_CURVES:
             path = plots_dir / f"{curve}_{run}.csv"

@@ -62,7 +62,7 @@ rule dvc_metrics:
         train_log=rules.aggregate.output.train_log,
         fewshot=rules.aggregate.output.fewshot_accuracy,
     output:
-        metrics="reports/metrics.json",
+        metrics=directory("reports/metrics"),
         plots=directory("reports/plots"),
     log:
         "logs/dvc_metrics.log",
