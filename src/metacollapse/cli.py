@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", type=Path, required=True)
 
     p = add(
-        "dvc-metrics", cmd_dvc_metrics, "Headline numbers (a JSON per run) and curves (CSV) for dvc metrics / plots."
+        "dvc-metrics", cmd_dvc_metrics, "Headline numbers (JSON per run) and curves (CSV) for dvc metrics and plots."
     )
     p.add_argument("--train-log", type=Path, required=True)
     p.add_argument("--fewshot", type=Path, required=True)
