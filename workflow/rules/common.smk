@@ -20,6 +20,11 @@ def spec_json(wildcards):
     return json.dumps(RUNS[wildcards.run], sort_keys=True)
 
 
+def run_priority(wildcards):
+    """Conv-4 runs before the others (a ResNet-18 run trains for hours on a CPU), so the first results come early."""
+    return 1 if RUNS[wildcards.run]["backbone"]["arch"] == "conv4" else 0
+
+
 def run_files(pattern, runs=RUNS):
     return [pattern.format(run=run) for run in runs]
 

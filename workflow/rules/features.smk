@@ -35,6 +35,7 @@ rule features:
     conda:
         ENV
     threads: 2
+    priority: run_priority
     resources:
         gpu=1,
     params:

@@ -16,6 +16,7 @@ rule train:
     conda:
         ENV
     threads: 2
+    priority: run_priority
     resources:
         gpu=1,
     params:
@@ -44,6 +45,7 @@ rule evaluate:
     conda:
         ENV
     threads: 2
+    priority: run_priority
     resources:
         gpu=1,
     params:
