@@ -32,10 +32,10 @@ rule features:
         "logs/features/{run}.log",
     benchmark:
         "benchmarks/features/{run}.tsv"
+    priority: run_priority
     conda:
         ENV
     threads: 2
-    priority: run_priority
     resources:
         gpu=1,
     params:

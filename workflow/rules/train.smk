@@ -13,10 +13,10 @@ rule train:
         "logs/train/{run}.log",
     benchmark:
         "benchmarks/train/{run}.tsv"
+    priority: run_priority
     conda:
         ENV
     threads: 2
-    priority: run_priority
     resources:
         gpu=1,
     params:
@@ -42,10 +42,10 @@ rule evaluate:
         "logs/evaluate/{run}.log",
     benchmark:
         "benchmarks/evaluate/{run}.tsv"
+    priority: run_priority
     conda:
         ENV
     threads: 2
-    priority: run_priority
     resources:
         gpu=1,
     params:
