@@ -4,14 +4,16 @@
 # manylinux), a wheel of this package, and the Omniglot zips with their SHA256SUMS. Torch, torchvision, numpy,
 # pandas and matplotlib are expected on the target already (a CUDA image); add them with EXTRA="torch==..." if not.
 #   tools/offline_gpu/fetch.sh [OUT_DIR]        # then copy OUT_DIR and run tools/offline_gpu/run.sh there
-# Env: PYVER (3.12), SNAKEMAKE (the version installed here), OMNIGLOT (a mirror folder: the zips + SHA256SUMS).
+# Env: PYVER (3.12), SNAKEMAKE (the version installed here), OMNIGLOT (a mirror folder: the zips + SHA256SUMS),
+# FASHION (a folder of Fashion-MNIST's four .gz files; default: Debian's dataset-fashion-mnist).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 out=${1:-$repo/.offline}
 pyver=${PYVER:-3.12}
 snakemake_version=${SNAKEMAKE:-$(python3 -c 'import snakemake; print(snakemake.__version__)')}
 omniglot=${OMNIGLOT:-$repo/../shared/data/omniglot}
-mkdir -p "$out/wheels" "$out/omniglot"
+fashion=${FASHION:-/usr/share/datasets/fashion-mnist}
+mkdir -p "$out/wheels" "$out/omniglot" "$out/fashion"
 
 # Some of Snakemake's pure-Python dependencies are published as source only: build those here (a wheel of pure
 # Python runs on any CPython), then let pip resolve the rest as binary wheels for the target.
@@ -40,4 +42,6 @@ python3 -m pip wheel -q --no-deps --no-build-isolation -w "$out/wheels" "$src_co
 
 cp "$omniglot"/images_background.zip "$omniglot"/images_evaluation.zip "$omniglot"/SHA256SUMS "$out/omniglot/"
 (cd "$out/omniglot" && sha256sum -c --quiet SHA256SUMS)
+# Fashion-MNIST's four files (a folder the download verifies by their decompressed content, docs/data.md).
+cp "$fashion"/*-ubyte.gz "$out/fashion/"
 du -sh "$out"

@@ -24,11 +24,12 @@ limit=()
 start=$(date +%s)
 # --nolock: a run stopped by BUDGET's SIGKILL leaves Snakemake's lock behind, and only one run uses this checkout.
 "${limit[@]}" python3 -m snakemake --workflow-profile workflow/profiles/default \
-  --config omniglot_mirror="$offline/omniglot" --nolock "$@"
+  --config omniglot_mirror="$offline/omniglot" fashion_mirror="$offline/fashion" --nolock "$@"
 rc=$?
 echo "snakemake exit status $rc after $(( $(date +%s) - start )) s"
 if [ "$rc" = 0 ] && [ "${REPORT:-1}" = 1 ]; then
   python3 -m snakemake --workflow-profile workflow/profiles/default --config omniglot_mirror="$offline/omniglot" \
+    fashion_mirror="$offline/fashion" \
     --nolock "$@" --report results/report.html || rc=$?
 fi
 if [ -n "${RESULTS:-}" ]; then
