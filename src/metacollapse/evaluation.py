@@ -74,7 +74,8 @@ def evaluate(
         episode = EpisodeSpec(int(setting["n_way"]), int(setting["n_shot"]), n_query)
         what = f"run {spec['name']}: {split_name} {episode.n_way}-way {episode.n_support}-shot"
         check_spec(episode, split.shape[0], split.shape[1], what)
-        indices = fixed_episode_indices(split.shape[0], split.shape[1], episode, episodes, int(params["seed"]) + i)
+        seed = int(params["seed"]) + i
+        indices = fixed_episode_indices(split.shape[0], split.shape[1], episode, episodes, seed).to(split.device)
         accuracies = score_episodes(learner, split, episode, indices, what)[1].double().cpu()
         std = float(accuracies.std(unbiased=True)) if episodes > 1 else math.nan
         row = {

@@ -1,21 +1,15 @@
 """Convolutions as im2col + one matrix product, for the layers where oneDNN's bf16 convolutions are slow on CPU.
 
-On CPUs with AMX bf16 units, oneDNN's bf16 convolution kernels (as shipped with torch) are fast on large feature
-maps and slow on small ones. Profiled in a ResNet-18 training step on 600 28x28 images (2 cores), the weight
-gradient of the 3x3 512->512 convolution at 4x4 took 0.50-0.54 s in bf16 against 0.30 s in fp32, the stride-2
-256->512 one 0.29-0.31 s against 0.16 s, and the 1-channel stem's forward and weight gradient about 0.1 s each;
-summed over the network the weight gradient was only 1.27x faster in bf16 than in fp32. Written as a
-channels-last im2col and one bf16 matrix product (oneDNN's AMX matmul, fp32 accumulation) these passes are
-several times faster. :func:`use_matmul_convolutions` swaps the product in per layer and per pass (forward,
-weight gradient, input gradient) by the rule of :func:`matmul_passes`; other layers and passes keep oneDNN.
-``bench/bench_training.py`` measures the effect (its ``onednn`` path runs without the swap).
+On CPUs with AMX bf16 units, oneDNN's bf16 convolution kernels are fast on large feature maps and slow on small
+ones (the profile and per-layer timings: ``docs/performance.md``). :func:`use_matmul_convolutions` computes those
+passes (forward, weight gradient, input gradient; per layer by the rule of :func:`matmul_passes`) as a channels-last
+im2col and one bf16 matrix product with fp32 accumulation; other layers and passes keep oneDNN.
 
-Numerics: every pass is a bf16 product with fp32 accumulation and one rounding, as in oneDNN (the input gradient
-of a stride-1 layer is the forward product of the output gradient with the flipped kernel), except the input
-gradient of stride-2 3x3 layers, which rounds each of the 9 kernel taps to bf16 and sums them in fp32: about one
-bf16 unit (4e-3 relative) from oneDNN's. Results are bitwise repeatable on CPU for a fixed thread count.
-Only plain convolutions are swapped: no bias, no groups, no dilation, zero padding, square kernel, stride and
-padding (ResNet's; Conv-4's convolutions have a bias and keep oneDNN).
+Numerics: one rounding per pass, as in oneDNN (the input gradient of a stride-1 layer is the forward product of the
+output gradient with the flipped kernel), except the input gradient of stride-2 3x3 layers, which rounds each of
+the 9 kernel taps to bf16 and sums them in fp32: about one bf16 unit (4e-3 relative) from oneDNN's. Results are
+bitwise repeatable on CPU for a fixed thread count. Only plain convolutions are swapped (no bias, groups or
+dilation, zero padding, square kernel): ResNet's; Conv-4's have a bias and keep oneDNN.
 """
 
 from __future__ import annotations

@@ -154,9 +154,9 @@ def setup(spec: dict[str, Any], data_dir: Path, runtime: Runtime) -> Session:
         train_shape=train_shape,
         val_split=val_split,
         val_shape=val_shape,
-        val_indices=fixed_episode_indices(
+        val_indices=fixed_episode_indices(  # on the device once: no copy per validation episode
             *val_split.shape[:2], val_shape, int(val_cfg["episodes"]), int(val_cfg["seed"])
-        ),
+        ).to(dev),
         columns={
             **run_columns(spec),
             "precision": runtime.precision,
