@@ -158,6 +158,23 @@ def test_a_deleted_checkpoint_is_remade_by_a_plain_rerun(quick_copy):
     assert "train" in planned(quick_copy)
 
 
+def test_a_failed_retrain_loses_no_finished_run_and_going_back_republishes_it_without_training(quick_copy):
+    run = quick_copy / "results" / "conv4"
+    shutil.copytree(run, quick_copy / "conv4.copy")  # real copies: this test's jobs touch these files
+    shutil.rmtree(run)
+    (quick_copy / "conv4.copy").rename(run)
+    weights = {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()}
+    (quick_copy / "bad.yaml").write_text("runs: {conv4: {train: {n_way: 5000}}}\n")  # an edit whose retrain fails
+    target = ["--", "results/conv4/train_log.csv"]
+    failed = snakemake(quick_copy, "--configfile", "config/quick.yaml", "bad.yaml", *target, check=False)
+    log = quick_copy / "logs" / "train" / "conv4.log"
+    assert failed.returncode != 0 and "n_way=5000" in log.read_text()
+    assert not (run / "checkpoints").exists() or not any((run / "checkpoints").iterdir())  # Snakemake deleted them
+    snakemake(quick_copy, "--configfile", "config/quick.yaml", *target)  # the edit undone
+    assert "already finished" in log.read_text() and "train loss" not in log.read_text()  # nothing retrained
+    assert {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()} == weights
+
+
 def ran(result):
     """The rules of the jobs a Snakemake run executed."""
     lines = (result.stdout + result.stderr).splitlines()
