@@ -54,3 +54,4 @@ rule all:
             for path in epoch_files(kind, epochs, run)
         ],
         [manifest(dataset) for dataset in USED_DATASETS],
+        repair,

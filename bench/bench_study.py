@@ -48,18 +48,17 @@ def worker(job: dict, ready, results) -> None:
     """One run: set up, warm up, wait for the others, time ``job['episodes']`` steps; report to ``results``."""
     try:
         from metacollapse.checkpoints import build_run_learner
-        from metacollapse.device import configure, prepare_model, resolve_precision
+        from metacollapse.device import setup
         from metacollapse.episodes import EpisodeSpec, sample_batch_indices, sample_episode_indices, split_to_device
         from metacollapse.step import Stepper
 
-        configure(job["threads"])
-        device = torch.device(job["device"])
-        precision = resolve_precision(job["precision"], device)
+        arch = job["spec"]["backbone"]["arch"]
+        runtime = setup(job["device"], job["precision"], arch=arch, threads=job["threads"], compile=job["compile"])
+        device = runtime.device
         split = split_to_device(np.load(job["split"]), device)
         n_classes, per_class = split.shape[:2]
         torch.manual_seed(job["seed"])
-        learner = prepare_model(build_run_learner(job["spec"], n_classes), device, precision)
-        learner.precision = precision
+        learner = runtime.place(build_run_learner(job["spec"], n_classes))
         optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
         spec = EpisodeSpec(job["n_way"], job["n_support"], job["n_query"])
         stepper = Stepper(learner, optimizer, split, spec if learner.episodic else job["batch_size"], 1, job["compile"])
@@ -91,7 +90,7 @@ def worker(job: dict, ready, results) -> None:
                 "began": began,
                 "ended": ended,
                 "mode": stepper.mode,
-                "precision": precision,
+                "precision": runtime.precision,
                 "loss": loss,
                 "peak_mib": peak,
             }

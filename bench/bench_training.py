@@ -309,7 +309,7 @@ def main() -> int:
         print("note: this C library cannot keep freed memory; running with its default", flush=True)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    default = resolve_precision(args.precision, device)
+    default = {backbone: resolve_precision(args.precision, device, backbone) for backbone in args.backbones}
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
     if device.type == "cpu":
@@ -320,13 +320,14 @@ def main() -> int:
             pass
     print(
         f"device {device} ({name}), {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} "
-        f"threads; default path precision={args.precision} -> {default}"
-        f"{' + channels-last' if default == 'bf16' else ''}{' + torch.compile' if args.compile else ''}; "
+        f"threads; default path precision={args.precision} -> {default} (bf16 with channels-last)"
+        f"{' + torch.compile' if args.compile else ''}; "
         f"{args.n_way}-way 5-shot 5-query; {args.rounds} rounds x {args.episodes} episodes",
         flush=True,
     )
+    precisions = ",".join(f"{backbone}:{precision}" for backbone, precision in default.items())
     result(
-        bench="setup", device=device.type, threads=torch.get_num_threads(), default_precision=default,
+        bench="setup", device=device.type, threads=torch.get_num_threads(), default_precision=precisions,
         compile=int(args.compile), episodes=args.episodes, rounds=args.rounds, n_way=args.n_way, malloc=args.malloc,
     )  # fmt: skip
     ceiling = {dtype: matmul_tflops(device, dtype) for dtype in (torch.float32, torch.bfloat16)}
@@ -345,7 +346,7 @@ def main() -> int:
         )
         split = split_to_device(array, device)
         for backbone in args.backbones:
-            bench_backbone(backbone, args, device, default, split, class_dirs)
+            bench_backbone(backbone, args, device, default[backbone], split, class_dirs)
     return 0
 
 

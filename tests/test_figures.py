@@ -17,8 +17,9 @@ from metacollapse import figures
 from metacollapse.figures import FIGURE_NAMES, METRIC_FIGURES, METRIC_INFO, NC_METRICS, make_figures, use_log_scale
 from metacollapse.nc import CLASSIFIER_METRICS
 from metacollapse.runs import RUN_COLUMNS
+from metacollapse.schemas import FEWSHOT_COLUMNS, NC_COLUMNS
 from metacollapse.stats import mean_ci
-from metacollapse.tables import FEWSHOT_COLUMNS, NC_COLUMNS, read_table, write_runs_table
+from metacollapse.tables import read_table, write_runs_table
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = range(4)  # 0 = untrained

@@ -17,13 +17,13 @@ import pytest
 from metacollapse import cli
 from metacollapse.nc import CLASSIFIER_METRICS, FEATURE_METRICS, nc_metrics, null_baseline, protonet_nc
 from metacollapse.nc_table import (
-    TABLE_COLUMNS,
     bootstrap_rng,
     epoch_nc_table,
     load_feature_dump,
     nc_tables_for_run,
     stratified_resamples,
 )
+from metacollapse.schemas import NC_COLUMNS
 
 # name: (kind, episodes, n_way, n_support, n_query); for class probes (kind, 1, classes, n_support, rest)
 PROBES = {
@@ -119,7 +119,7 @@ def test_epoch_nc_table_has_the_expected_probes_sets_and_metrics():
         *("run", "learner", "backbone", "width", "seed", "epoch", "probe", "bn_mode", "layer", "set", "metric"),
         *("mean", "std", "null", "ci_low", "ci_high"),
     ]
-    assert list(table.columns) == list(TABLE_COLUMNS)
+    assert list(table.columns) == list(NC_COLUMNS)
     assert set(table["layer"]) == {"embedding"}
     assert set(table["run"]) == {"conv4_s0"} and set(table["learner"]) == {"protonet"}
     assert set(table["backbone"]) == {"conv4"} and set(table["seed"]) == {3} and table["width"].isna().all()
@@ -195,7 +195,7 @@ def test_nc_tables_for_run_writes_the_csv_atomically(tmp_path):
     out_csv = tmp_path / "nc" / "epoch_007.csv"
     (table,) = nc_tables_for_run([npz], [out_csv])
     written = pd.read_csv(out_csv)
-    assert list(written.columns) == list(TABLE_COLUMNS)
+    assert list(written.columns) == list(NC_COLUMNS)
     assert len(written) == len(table)
     np.testing.assert_allclose(written["mean"], table["mean"], rtol=1e-12)
     assert sorted(p.name for p in out_csv.parent.iterdir()) == ["epoch_007.csv"]  # no temporary left behind
@@ -301,7 +301,7 @@ def test_nc_tables_for_run_writes_every_epoch_and_computes_nulls_once(tmp_path, 
     assert "(0 new null layouts" in lines[1] and "(0 new null layouts" in lines[2]  # reused from epoch 1
     for epoch, (out, table) in enumerate(zip(outs, tables, strict=True), start=1):
         written = pd.read_csv(out)
-        assert list(written.columns) == list(TABLE_COLUMNS) and set(written["epoch"]) == {epoch}
+        assert list(written.columns) == list(NC_COLUMNS) and set(written["epoch"]) == {epoch}
         np.testing.assert_allclose(written["null"], tables[0]["null"], rtol=1e-12)
         np.testing.assert_allclose(written["mean"], table["mean"], rtol=1e-12)
     assert sorted(p.name for p in outs[0].parent.iterdir()) == [p.name for p in outs]

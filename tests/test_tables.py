@@ -12,10 +12,8 @@ import pandas as pd
 import pytest
 
 from metacollapse.cli import main
+from metacollapse.schemas import FEWSHOT_COLUMNS, NC_COLUMNS, TRAIN_LOG_COLUMNS
 from metacollapse.tables import (
-    FEWSHOT_COLUMNS,
-    NC_COLUMNS,
-    TRAIN_LOG_COLUMNS,
     concat_tables,
     read_table,
     varying_keys,

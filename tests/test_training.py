@@ -14,7 +14,7 @@ import metacollapse
 from metacollapse.atomic import atomic_path
 from metacollapse.checkpoints import CheckpointError, load_learner, read_checkpoint
 from metacollapse.device import setup
-from metacollapse.tables import TRAIN_LOG_COLUMNS
+from metacollapse.schemas import TRAIN_LOG_COLUMNS
 from metacollapse.training import TIMING_COLUMNS, train
 
 TRAIN = {

@@ -19,12 +19,14 @@ from pathlib import Path
 
 import pandas as pd
 
-KEY = ["probe", "set", "metric", "epoch"]
+from metacollapse.tables import read_table
+
+KEY = ["probe", "bn_mode", "layer", "set", "metric", "epoch"]
 EPOCHS = (0, 1, 10, 50, 100)
 
 
 def accuracy(gpu: pd.DataFrame, cpu: pd.DataFrame) -> pd.DataFrame:
-    on = ["run", "n_way", "n_shot"]
+    on = ["run", "split", "n_way", "n_shot"]
     both = gpu.merge(cpu, on=on, suffixes=("_gpu", "_cpu"))
     both = both[both["run"] == "conv4"]
     both["difference"] = both["accuracy_gpu"] - both["accuracy_cpu"]
@@ -42,7 +44,7 @@ def nc_gpu_vs_cpu(gpu: pd.DataFrame, cpu: pd.DataFrame) -> pd.DataFrame:
 
 def backbones(nc: pd.DataFrame) -> pd.DataFrame:
     rows = nc[nc["epoch"].isin(EPOCHS)]
-    wide = rows.pivot_table(index=KEY, columns="run", values=["mean", "null"])
+    wide = rows.pivot(index=KEY, columns="run", values=["mean", "null"])  # one row per key and run, or an error
     out = pd.DataFrame(
         {
             "conv4": wide[("mean", "conv4")],
@@ -60,7 +62,8 @@ def backbones(nc: pd.DataFrame) -> pd.DataFrame:
 
 
 def main(paper: Path, conv4_cpu: Path) -> None:
-    read = lambda folder, name: pd.read_csv(folder / name)  # noqa: E731
+    kinds = {"fewshot_accuracy.csv": "fewshot", "nc_metrics.csv": "nc"}
+    read = lambda folder, name: read_table(folder / name, kinds[name])  # noqa: E731
     accuracy(read(paper, "fewshot_accuracy.csv"), read(conv4_cpu, "fewshot_accuracy.csv")).to_csv(
         paper / "accuracy_gpu_vs_cpu.csv", index=False, float_format="%.6g"
     )

@@ -16,8 +16,7 @@ import pandas as pd
 
 from metacollapse.checkpoints import load_learner, read_checkpoint
 from metacollapse.device import setup
-from metacollapse.episodes import EpisodeSpec, fixed_episode_indices, load_device_split
-from metacollapse.evaluation import score_episodes
+from metacollapse.episodes import EpisodeSpec, fixed_episode_indices, load_device_split, score_episodes
 
 SETTINGS = ((5, 1), (5, 5), (20, 5))
 

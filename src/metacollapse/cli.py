@@ -80,7 +80,7 @@ def _runtime(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> None:
     from metacollapse.training import train
 
-    train(args.spec, args.data_dir, args.out_dir, _runtime(args))
+    train(args.spec, args.data_dir, args.out_dir, _runtime(args), args.code_version)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -98,7 +98,6 @@ def cmd_make_probes(args: argparse.Namespace) -> None:
 def cmd_features(args: argparse.Namespace) -> None:
     from metacollapse.features import features_stage
 
-    layers = "all" if args.layers == ["all"] else args.layers
     features_stage(
         args.spec,
         args.checkpoints,
@@ -106,7 +105,7 @@ def cmd_features(args: argparse.Namespace) -> None:
         args.data_dir,
         args.out,
         _runtime(args),
-        layers=layers,
+        layers=args.layers,
         feature_precision=args.feature_precision,
     )
 
@@ -231,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--deterministic", action="store_true", help="bitwise-repeatable CUDA kernels")
+    p.add_argument(
+        "--code-version", default="", help="names the training code in the run's fingerprint (the workflow's digest)"
+    )
     p.add_argument(
         "--compile", default="auto", help="how steps run: auto (graph on CUDA), none, graph, reduce-overhead"
     )

@@ -162,6 +162,7 @@ class Runtime:
     device: torch.device
     precision: str  # "fp32" or "bf16", never "auto"
     compile: str = "none"  # how training steps run: "none", "graph" or "reduce-overhead", never "auto"
+    deterministic: bool = False  # deterministic CUDA kernels (CPU runs are deterministic anyway)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.precision)
@@ -172,8 +173,12 @@ class Runtime:
         return prepare_model(learner, self.device, self.precision)
 
     def describe(self) -> str:
-        """What of the runtime changes a run's numbers: the device type, the precision, and how steps run."""
-        return f"{self.device.type}/{self.precision}" + ("" if self.compile == "none" else f"/{self.compile}")
+        """What of the runtime changes a run's numbers: the device type, the precision, how steps run, and
+        deterministic kernels on CUDA."""
+        parts = [self.device.type, self.precision]
+        parts += [self.compile] if self.compile != "none" else []
+        parts += ["deterministic"] if self.deterministic else []
+        return "/".join(parts)
 
 
 def setup(
@@ -188,4 +193,5 @@ def setup(
     """Configure this process (:func:`configure`) and decide where and how ``arch`` runs, once per stage."""
     configure(threads, deterministic)
     dev = resolve_device(device)
-    return Runtime(dev, resolve_precision(precision, dev, arch), resolve_compile(compile, dev))
+    exact = deterministic and dev.type == "cuda"
+    return Runtime(dev, resolve_precision(precision, dev, arch), resolve_compile(compile, dev), exact)

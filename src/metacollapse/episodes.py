@@ -8,6 +8,8 @@ no per-episode Python image work: a whole epoch of episode indices is drawn in o
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,11 @@ import numpy as np
 import torch
 
 from metacollapse.data import load_split, pixel_scale
+
+log = logging.getLogger(__name__)
+
+#: Seconds between progress lines while scoring many episodes.
+LOG_PROGRESS_EVERY = 30.0
 
 
 @dataclass(frozen=True)
@@ -150,3 +157,30 @@ def sample_batch_indices(
 def gather_batch(split: torch.Tensor, classes: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """Images ``[B, 1, H, W]`` float on the split's device for one mini-batch of (class, image) indices."""
     return split[classes.to(split.device), images.to(split.device)].to(torch.float32).unsqueeze(1)
+
+
+@torch.no_grad()
+def score_episodes(
+    learner: torch.nn.Module, split: torch.Tensor, spec: EpisodeSpec, indices: EpisodeIndices, what: str = ""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-episode loss and accuracy of ``learner`` in eval mode over fixed episodes (float32, on the device).
+
+    Nothing is copied to the host inside the loop, except for a progress line every LOG_PROGRESS_EVERY seconds.
+    """
+    learner.eval()
+    losses = torch.empty(len(indices), device=split.device)
+    accuracies = torch.empty(len(indices), device=split.device)
+    shown = time.monotonic()
+    for episode in range(len(indices)):
+        support, query = gather_episode(split, indices[episode], spec)
+        losses[episode], accuracies[episode] = learner.fewshot(support, query, spec.n_way)
+        if what and time.monotonic() - shown >= LOG_PROGRESS_EVERY:
+            log.info(
+                "%s: %d/%d episodes, accuracy so far %.4f",
+                what,
+                episode + 1,
+                len(indices),
+                float(accuracies[: episode + 1].mean()),
+            )
+            shown = time.monotonic()
+    return losses, accuracies

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,46 +21,16 @@ from metacollapse.atomic import atomic_path
 from metacollapse.checkpoints import load_learner
 from metacollapse.device import Runtime
 from metacollapse.episodes import (
-    EpisodeIndices,
     EpisodeSpec,
     check_spec,
     fixed_episode_indices,
-    gather_episode,
     load_device_split,
+    score_episodes,
 )
 from metacollapse.runs import run_columns
-from metacollapse.tables import FEWSHOT_COLUMNS
+from metacollapse.schemas import FEWSHOT_COLUMNS
 
 log = logging.getLogger(__name__)
-
-LOG_PROGRESS_EVERY = 30.0
-
-
-@torch.no_grad()
-def score_episodes(
-    learner: torch.nn.Module, split: torch.Tensor, spec: EpisodeSpec, indices: EpisodeIndices, what: str = ""
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-episode loss and accuracy of ``learner`` in eval mode over fixed episodes (float32, on the device).
-
-    Nothing is copied to the host inside the loop, except for a progress line every LOG_PROGRESS_EVERY seconds.
-    """
-    learner.eval()
-    losses = torch.empty(len(indices), device=split.device)
-    accuracies = torch.empty(len(indices), device=split.device)
-    shown = time.monotonic()
-    for episode in range(len(indices)):
-        support, query = gather_episode(split, indices[episode], spec)
-        losses[episode], accuracies[episode] = learner.fewshot(support, query, spec.n_way)
-        if what and time.monotonic() - shown >= LOG_PROGRESS_EVERY:
-            log.info(
-                "%s: %d/%d episodes, accuracy so far %.4f",
-                what,
-                episode + 1,
-                len(indices),
-                float(accuracies[: episode + 1].mean()),
-            )
-            shown = time.monotonic()
-    return losses, accuracies
 
 
 def evaluate(

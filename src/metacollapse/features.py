@@ -19,9 +19,9 @@ import torch
 
 from metacollapse.atomic import atomic_path
 from metacollapse.device import Runtime
+from metacollapse.dumps import QUERY, SUPPORT
 from metacollapse.episodes import EpisodeIndices, load_device_split
 from metacollapse.learners import Learner
-from metacollapse.nc_table import QUERY, SUPPORT
 from metacollapse.probes import load_probes
 from metacollapse.runs import run_columns
 
@@ -35,10 +35,10 @@ def resolve_layers(layers: str | Sequence[str] | None, available: Sequence[str],
     ones; ``embedding`` is always dumped (as ``features``), so listing it adds nothing."""
     if layers is None:
         return []
-    if layers == "all":
-        return list(available)
     if isinstance(layers, str):
         layers = [layers]
+    if list(layers) == ["all"]:
+        return list(available)
     unknown = sorted(set(layers) - {*available, "embedding"})
     if unknown:
         raise ValueError(

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from metacollapse.atomic import atomic_path, read_npz
+from metacollapse.dumps import CLASSIFIER_KEYS, EMBEDDING, QUERY, REQUIRED_DUMP_KEYS, SUPPORT
 from metacollapse.nc import (
     NULL_SEED,
     _as_features,
@@ -32,42 +33,8 @@ from metacollapse.nc import (
     null_sets,
 )
 from metacollapse.runs import RUN_COLUMNS
+from metacollapse.schemas import NC_COLUMNS
 
-#: Values of the dump's ``role`` array.
-SUPPORT, QUERY = 0, 1
-#: The layer of ``features`` (the final embedding); the dump's extra layers are ``features@<name>``.
-EMBEDDING = "embedding"
-#: Keys a feature dump must hold (docs/CONTRACTS.md).
-REQUIRED_DUMP_KEYS: tuple[str, ...] = (
-    "features",
-    "labels",
-    "probe",
-    "probe_names",
-    "probe_kinds",
-    "probe_bn_modes",
-    "probe_splits",
-    "episode",
-    "role",
-    "epoch",
-    "meta",
-)
-#: Optional keys of a feature dump: the learner's own linear classifier (all four or none).
-CLASSIFIER_KEYS: tuple[str, ...] = ("classifier_weight", "classifier_bias", "classifier_classes", "classifier_split")
-#: Columns of the per-epoch NC table: the run columns of :mod:`metacollapse.runs`, then the measurement.
-TABLE_COLUMNS: tuple[str, ...] = (
-    *RUN_COLUMNS,
-    "epoch",
-    "probe",
-    "bn_mode",
-    "layer",
-    "set",
-    "metric",
-    "mean",
-    "std",
-    "null",
-    "ci_low",
-    "ci_high",
-)
 #: Bootstrap intervals: replicates by default (0: NaN intervals), the base seed, and the percentiles kept.
 BOOTSTRAP_REPLICATES = 100
 BOOTSTRAP_SEED = 0
@@ -394,7 +361,7 @@ def epoch_nc_table(
     bootstrap: int = BOOTSTRAP_REPLICATES,
     bootstrap_seed: int = BOOTSTRAP_SEED,
 ) -> pd.DataFrame:
-    """The long per-epoch NC table (columns TABLE_COLUMNS) of a loaded feature dump.
+    """The long per-epoch NC table (columns ``schemas.NC_COLUMNS``) of a loaded feature dump.
 
     One block of rows per layer (the embedding, then ``layer_names``); in it, per probe and set, every metric:
     its mean (and std over episodes), its Gaussian null (cached per layout and d in ``null_cache`` across
@@ -466,7 +433,7 @@ def epoch_nc_table(
                     ref = null.get(set_name, {}).get(metric, math.nan)
                     low, high = interval.get(metric, (math.nan, math.nan))
                     records.append((*head, name, bn, layer, set_name, metric, float(np.mean(per)), std, ref, low, high))
-    return pd.DataFrame.from_records(records, columns=list(TABLE_COLUMNS))
+    return pd.DataFrame.from_records(records, columns=list(NC_COLUMNS))
 
 
 def nc_tables_for_run(

@@ -32,13 +32,13 @@ from metacollapse.episodes import (
     load_device_split,
     sample_batch_indices,
     sample_episode_indices,
+    score_episodes,
 )
-from metacollapse.evaluation import score_episodes
 from metacollapse.models import embedding_dim
 from metacollapse.runs import check_spec as check_run_spec
 from metacollapse.runs import run_columns
+from metacollapse.schemas import TRAIN_LOG_COLUMNS
 from metacollapse.step import Stepper
-from metacollapse.tables import TRAIN_LOG_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +51,15 @@ def episode_spec(section: Mapping[str, Any]) -> EpisodeSpec:
     return EpisodeSpec(int(section["n_way"]), int(section["n_support"]), int(section["n_query"]))
 
 
-def run_fingerprint(spec: Mapping[str, Any], data_files: list[Path], runtime: Runtime) -> str:
-    """Hash of the run spec, device type, precision and the bytes of the data the run trains and validates on.
+def run_fingerprint(spec: Mapping[str, Any], data_files: list[Path], runtime: Runtime, code_version: str = "") -> str:
+    """Hash of everything a run's numbers are a function of: the run spec, the runtime (device type, precision, how
+    steps run, deterministic CUDA kernels), the version of the training code (the workflow passes the digest of the
+    modules the stage runs) and the bytes of the data the run trains and validates on.
 
-    The device type is in it because RNG states (the episode generator lives on the device) do not carry over
-    between CPU and CUDA; the precision because bf16 and fp32 runs are different numbers.
+    A finished state of the same fingerprint is republished instead of retrained; anything else trains afresh.
     """
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
-    digest.update(runtime.describe().encode())
+    digest.update(f"{runtime.describe()}/{code_version}".encode())
     for path in data_files:
         digest.update(sha256_file(path).encode())
     return digest.hexdigest()
@@ -214,15 +215,17 @@ def train_epoch(session: Session, stepper: Stepper, epoch: int, run_began: float
     loss_sum, acc_sum = stepper.totals()
     for step, (classes, images) in enumerate(_batches(s), start=1):
         stepper.step(classes, images)
-        if time.perf_counter() - shown >= LOG_PROGRESS_EVERY:  # reading the running loss syncs with the device
+        if time.perf_counter() - shown >= LOG_PROGRESS_EVERY:
+            loss, accuracy = loss_sum.item() / step, acc_sum.item() / step  # waits for the queued steps to run
             shown = time.perf_counter()
             rate = (steps_before + step) / (shown - run_began)
             left = (s.epochs - epoch + 1) * s.steps - step
             log.info(
                 "epoch %d/%d: %d/%d steps, %.2f steps/s, loss %.4f acc %.4f; run done in about %s",
-                *(epoch, s.epochs, step, s.steps, rate, loss_sum.item() / step, acc_sum.item() / step),
-                _duration(left / rate),
+                *(epoch, s.epochs, step, s.steps, rate, loss, accuracy, _duration(left / rate)),
             )
+    if s.runtime.device.type == "cuda":
+        torch.cuda.synchronize(s.runtime.device)  # steps are queued, not waited for: the epoch ends when they have run
     train_seconds = time.perf_counter() - began
     val_loss, val_acc = s.validate()
     lr = float(s.optimizer.param_groups[0]["lr"])  # the rate this epoch trained with
@@ -245,15 +248,18 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
 
 
-def train(spec: Mapping[str, Any], data_dir: Path, out_dir: Path, runtime: Runtime) -> pd.DataFrame:
-    """Train (or resume, or republish) run ``spec`` into ``out_dir``; return its training log."""
+def train(
+    spec: Mapping[str, Any], data_dir: Path, out_dir: Path, runtime: Runtime, code_version: str = ""
+) -> pd.DataFrame:
+    """Train (or resume, or republish) run ``spec`` into ``out_dir``; return its training log. ``code_version``
+    names the training code in the run's fingerprint (:func:`run_fingerprint`)."""
     spec = check_run_spec(spec, "train")
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     data_files = [data_dir / f"{spec[part]['split']}.npy" for part in ("train", "val")]
     for path in data_files:
         if not path.is_file():
             load_split(data_dir, path.stem)  # raises the loader's error, naming the file and the fix
-    store = RunStore(out_dir, run_fingerprint(spec, data_files, runtime))
+    store = RunStore(out_dir, run_fingerprint(spec, data_files, runtime, code_version))
     epochs = int(spec["train"]["epochs"])
     if store.finished(epochs) is not None:
         log.info("run %s: this configuration already finished (%s): publishing it again", spec["name"], store.folder)

@@ -173,7 +173,8 @@ def module_imports(name):
 @functools.cache
 def code(*commands):
     """Digest of the package modules that the subcommands run: what their ``cmd_*`` functions in cli.py import,
-    followed through every import of those modules (a rule parameter, so a change reruns the rule)."""
+    followed through every import of those modules (a rule parameter, so a change reruns the rule). cli.py itself
+    only parses, so it is not part of it."""
     cli = PACKAGE / "cli.py"
     if not cli.is_file():
         return ""

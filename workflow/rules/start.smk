@@ -93,19 +93,22 @@ def run_plan(raw):
 
 
 def check_workspace():
-    """Remove what Snakemake should make again, and return what `metacollapse plan` says. Processed files that no
-    longer match their manifest, or are of another data version: the manifest goes, so that prepare runs.
-    Raw files that no longer verify, where prepare needs them. Nothing goes while another Snakemake works here."""
-    repair = not any(Path(".snakemake/locks").glob("*.lock"))
+    """What `metacollapse plan` says, and the files to remove so that Snakemake makes them again: the manifest of
+    processed files that no longer match it or are of another data version (so that prepare runs), and raw files
+    that no longer verify, where prepare needs them. Only reads: ``repair`` removes them, when jobs really run."""
+    repairs, stale = [], set()
     for dataset in (d for d in USED_DATASETS if Path(manifest(d)).exists()):
-        damaged = damaged_files(dataset, update=repair)
+        damaged = damaged_files(dataset, update=False)
         if not damaged and not CURRENT_DATA[dataset]:  # other split lists or prepare code made them
             damaged = [f"data of {dataset}: version {recorded_version(dataset)}, today's is {data_version(dataset)}"]
         for line in damaged:
             logger.warning(f"{line}: {DATASETS[dataset]['command']} makes it again")
-        if damaged and repair:  # the version file stays: readers of today's version keep ancient inputs
-            os.remove(manifest(dataset))
-    unprepared = [d for d in USED_DATASETS if not all(map(os.path.exists, [*prepared_files(d), manifest(d)]))]
+        if damaged:  # the version file stays: readers of today's version keep ancient inputs
+            repairs.append(manifest(dataset))
+            stale.add(dataset)
+    unprepared = [
+        d for d in USED_DATASETS if d in stale or not all(map(os.path.exists, [*prepared_files(d), manifest(d)]))
+    ]
     raw = [
         {"dataset": d, "dir": DATASETS[d]["raw_dir"], "mirror": os.environ[mirror_env(d)]}
         for d in unprepared  # only the raw files prepare is to read: a finished workspace checks none
@@ -114,13 +117,29 @@ def check_workspace():
     plan = run_plan(raw)
     for line in plan["notes"] if plan else []:
         logger.warning(line)
-    for file in plan["unverified"] if plan and repair else []:
-        logger.warning(f"{file} does not verify against its configured source: removed, to be downloaded again")
-        os.remove(file)
-    return plan
+    for file in plan["unverified"] if plan else []:
+        logger.warning(f"{file} does not verify against its configured source: to be downloaded again")
+        repairs.append(file)
+    return plan, repairs
 
 
-PLAN = check_workspace() if workflow.is_main_process else None  # not again in each job's own Snakemake
+# Not again in each job's own Snakemake. Another Snakemake working here holds a lock (this one takes its own later).
+PLAN, REPAIRS = check_workspace() if workflow.is_main_process else (None, [])
+OTHER_SNAKEMAKE = any(Path(".snakemake/locks").glob("*.lock"))
+
+
+def repair(wildcards):
+    """An input function of rule all, so it runs while Snakemake builds the jobs, before it looks at the files:
+    removes what check_workspace found (and records moved file times in the manifests), unless this is a dry run,
+    --touch, or another Snakemake works here. Adds no input."""
+    if workflow.dryrun or workflow.touch or OTHER_SNAKEMAKE:
+        return []
+    for path in filter(os.path.exists, REPAIRS):
+        os.remove(path)
+    REPAIRS.clear()
+    for dataset in (d for d in USED_DATASETS if Path(manifest(d)).exists()):
+        damaged_files(dataset, update=True)
+    return []
 
 
 def jobs_run_here():

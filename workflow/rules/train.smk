@@ -29,7 +29,7 @@ rule train:
         # Resume state lives in results/{wildcards.run}/train_state/, which is not a declared output, so
         # Snakemake does not delete it when it reruns a killed job (see metacollapse.training).
         "exec python -m metacollapse train --spec {params.spec:q} --data-dir data/processed --out-dir results/{wildcards.run}"
-        " {params.flags} --threads {threads} > {log:q} 2>&1"
+        " {params.flags} --code-version {params.code} --threads {threads} > {log:q} 2>&1"
 
 
 rule evaluate:
