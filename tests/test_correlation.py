@@ -44,7 +44,10 @@ def write_study(
         last = _error(i, EPOCHS[-1])
         for epoch in EPOCHS:
             error = _error(i, epoch)
-            logs.append({**head, "epoch": epoch, "train_loss": "", "val_loss": 0.3, "val_acc": 1 - error})
+            logs.append(
+                {**head, "precision": "bf16", "n_params": 1000, "dim": 64, "epoch": epoch, "train_loss": "",
+                 "train_acc": "", "val_loss": 0.3, "val_acc": 1 - error, "lr": "", "seconds": "", "steps_per_s": ""}
+            )  # fmt: skip
             probes = [("val_episodes", "eval", "query"), ("test_classes", "eval", "all")]
             probes += [("train_classes", "eval", "all"), ("val_episodes", "eval", "support")]  # never paired
             if far and epoch == EPOCHS[-1]:
@@ -61,7 +64,8 @@ def write_study(
             tasks += [("fashion_test", 5, 1, 0.2 + last), ("fashion_test", 5, 5, 0.9 - last)]
         for split, way, shot, accuracy in tasks:
             split_column = {"split": split} if new_format else {}
-            shots.append({**head, **split_column, "n_way": way, "n_shot": shot, "accuracy": accuracy, "ci95": 0.01})
+            task = {"n_way": way, "n_shot": shot, "n_query": 15, "episodes": 100, "accuracy": accuracy, "ci95": 0.01}
+            shots.append({**head, **split_column, **task})
     pd.DataFrame(logs).to_csv(folder / "train_log.csv", index=False)
     pd.DataFrame(nc).to_csv(folder / "nc_metrics.csv", index=False)
     pd.DataFrame(shots).to_csv(folder / "fewshot_accuracy.csv", index=False)
@@ -230,7 +234,7 @@ def test_a_table_without_a_column_is_one_error_line_naming_it_and_writes_nothing
     assert correlation.main([str(tmp_path / "out"), str(study)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
-    assert str(study / "nc_metrics.csv") in err and "['metric']" in err
+    assert str(study / "nc_metrics.csv") in err and "'metric'" in err
     assert not (tmp_path / "out").exists()
 
 

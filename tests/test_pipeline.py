@@ -15,7 +15,7 @@ from PIL import Image
 from metacollapse.plan import resolve_runtime
 from metacollapse.runs import RUN_COLUMNS
 
-LEARNERS = {"protonet", "matchingnet", "maml", "anil", "classifier", "protonet_head", "relationnet"}
+LEARNERS = {"protonet", "protonet_cosine", "matchingnet", "relationnet", "maml", "anil", "classifier", "protonet_head"}
 
 
 def runs(workdir):
@@ -61,7 +61,12 @@ def test_nc_table_covers_every_run_epoch_probe_and_metric_with_null_baselines(qu
         "val_episodes": ["eval"],
         "train_classes": ["eval"],
         "test_classes": ["eval"],
+        "train_classes_300": ["eval"],
+        "fashion_test_classes": ["eval"],  # the far domain
     }
+    layers = table[table["run"] == "resnet18"].groupby("layer")["metric"].count()
+    assert set(layers.index) == {"layer1", "layer2", "layer3", "layer4", "embedding"}  # the preset dumps every stage
+    assert table["ci_low"].le(table["mean"] + 1e-12).all() and table["ci_high"].ge(table["mean"] - 1e-12).all()
     query = table[(table["probe"] == "train_episodes") & (table["set"] == "query")]
     assert {"nc1", "nc1_paper", "nc2_etf_rownorm", "cdnv"} <= set(query["metric"])
     assert query[query["metric"] == "nc2_etf_rownorm"]["null"].gt(0).all()
@@ -100,10 +105,15 @@ def test_html_report_embeds_the_figures_and_tables_with_labels_to_filter_by(quic
 
 @pytest.fixture
 def quick_copy(quick_run, tmp_path):
-    """A copy of the finished quick run (results linked, not copied; nothing here edits a result in place)."""
+    """A copy of the finished quick run: results linked (nothing here edits a result in place), but Snakemake's
+    records and the runs' training state copied, since jobs that run here rewrite those in place."""
     work = tmp_path / "copy"
-    shutil.copytree(quick_run, work, copy_function=os.link, ignore=shutil.ignore_patterns("src"))
+    real = shutil.ignore_patterns("src", ".snakemake", "train_state")
+    shutil.copytree(quick_run, work, copy_function=os.link, ignore=real)
     shutil.copytree(quick_run / "src", work / "src")
+    shutil.copytree(quick_run / ".snakemake", work / ".snakemake")
+    for state in (quick_run / "results").glob("*/train_state"):
+        shutil.copytree(state, work / state.relative_to(quick_run))
     return work
 
 

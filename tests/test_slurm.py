@@ -35,9 +35,6 @@ pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_SCRIPTS = REPO / "tests" / "slurm"
-# What a workspace needs to run the workflow (the profiles live under workflow/); see workflow_files().
-# src/metacollapse: the workflow hashes each stage's modules from the checkout beside the Snakefile.
-WORKFLOW_FILES = ["Snakefile", "workflow", "config", "data/splits", "src/metacollapse"]
 # Wall-clock columns: the only things allowed to differ between two runs.
 TIMING_KEYS = {"seconds", "steps_per_s"}
 # What the workflow writes (besides data/ and logs/): results and the DVC metrics and plots.
@@ -120,13 +117,10 @@ def mirror(omniglot_mirror: Path) -> Path:
 
 
 def workflow_files() -> list[str]:
-    """The workflow's files: ours, top-level YAML (environment.yml), and whatever conftest.py copies."""
-    names = set(WORKFLOW_FILES) | {p.name for p in REPO.glob("*.y*ml")}
-    try:
-        from conftest import WORKFLOW_FILES as shared
-    except ImportError:
-        shared = []
-    return sorted(names | set(shared))
+    """What a workspace needs to run the workflow: what conftest.py copies, and the top-level YAML."""
+    from conftest import WORKFLOW_FILES
+
+    return sorted(set(WORKFLOW_FILES) | {p.name for p in REPO.glob("*.y*ml")})
 
 
 def config_entries() -> dict[str, set[str]]:

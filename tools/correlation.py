@@ -55,6 +55,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from metacollapse.atomic import atomic_write_bytes
+from metacollapse.tables import read_table
 
 NOVEL_PROBES: dict[str, str] = {"val_episodes": "query", "test_classes": "all"}  # probe -> set
 FINAL_PROBE = "test_classes"
@@ -166,71 +167,18 @@ def correlate(x, y, clusters, replicates: int, seed: int, min_runs: int) -> dict
 # ---------------------------------------------------------------------------------------------------- reading
 
 
-def read_table(
-    path: Path, what: str, text: Sequence[str], numbers: Sequence[str], optional: dict[str, str] | None = None
-) -> pd.DataFrame:
-    """The columns ``text`` (strings) and ``numbers`` (floats, empty = NaN) of a CSV; ``optional`` text columns get
-    their default where absent. Errors name the file, the column and the line."""
-    if not path.is_file():
-        raise ValueError(f"{path}: {what} not found")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: {what} is not a readable CSV file ({exc})") from exc
-    for column, default in (optional or {}).items():
-        if column not in df:
-            df[column] = default
-    missing = [c for c in (*text, *numbers) if c not in df]
-    if missing:
-        raise ValueError(f"{path}: {what} lacks column(s) {missing}; found {list(df.columns)}")
-    text = [*text, *(c for c in optional or {} if c not in text and c not in numbers)]
-    out = df[text].apply(lambda c: c.str.strip())
-    for column in numbers:
-        raw = df[column].str.strip()
-        blank = raw.str.lower().isin(["", "nan", "na", "none", "null"])
-        values = pd.to_numeric(raw.where(~blank), errors="coerce")
-        bad = values.isna() & ~blank
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise ValueError(f"{path}: column {column!r} has a non-numeric value {raw.iloc[row]!r} on line {row + 2}")
-        out[column] = values.astype(np.float64)
-    return out
-
-
-def _epochs(df: pd.DataFrame, path: Path) -> pd.DataFrame:
-    bad = df["epoch"].isna() | (df["epoch"] != np.round(df["epoch"])) | (df["epoch"] < 0)
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ValueError(f"{path}: epoch {df['epoch'].iloc[row]!r} on line {row + 2} is not an integer >= 0")
-    return df.assign(epoch=df["epoch"].astype(np.int64))
-
-
-def _unique(df: pd.DataFrame, key: list[str], path: Path, what: str) -> pd.DataFrame:
-    dup = df.duplicated(key, keep=False)
-    if dup.any():
-        raise ValueError(f"{path}: {what} has more than one row for {df.loc[dup, key].iloc[0].to_dict()}")
-    return df
-
-
 def read_study(folder: Path) -> dict[str, pd.DataFrame]:
-    """The study's NC table, training log (the last row of an epoch logged twice wins), few-shot table and the
-    validation task of each run listed in runs.csv."""
-    path = folder / "nc_metrics.csv"
-    nc = read_table(path, "NC table", ["run", "probe", "bn_mode", "set", "metric"], ["epoch", "mean"], {"layer": ""})
-    nc.loc[nc["layer"] == "", "layer"] = "embedding"
-    nc = _unique(_epochs(nc, path), ["run", "epoch", "probe", "bn_mode", "layer", "set", "metric"], path, "NC table")
-    path = folder / "train_log.csv"
-    logs = _epochs(read_table(path, "training log", ["run"], ["epoch", "val_acc"]), path)
-    logs = logs.drop_duplicates(["run", "epoch"], keep="last")
-    path = folder / "fewshot_accuracy.csv"
-    shots = read_table(path, "few-shot table", ["run"], ["n_way", "n_shot", "accuracy"], {"split": "test"})
-    shots = _unique(shots, ["run", "split", "n_way", "n_shot"], path, "few-shot table")
-    path = folder / "runs.csv"
+    """The study's NC table, training log, few-shot table (:func:`metacollapse.tables.read_table`: checked, typed,
+    older layouts read as today's) and the validation task of each run listed in runs.csv."""
+    nc = read_table(folder / "nc_metrics.csv", "nc")
+    logs = read_table(folder / "train_log.csv", "train_log")
+    shots = read_table(folder / "fewshot_accuracy.csv", "fewshot")
     val = pd.DataFrame({"run": pd.Series(dtype=str), "val_way": np.nan, "val_shot": np.nan})
-    if path.is_file():
-        task = {"val.n_way": "", "val.n_support": ""}  # absent: the default task
-        runs = read_table(path, "runs table", ["run"], list(task), task)
-        val = _unique(runs, ["run"], path, "runs table").set_axis(["run", "val_way", "val_shot"], axis=1)
+    if (folder / "runs.csv").is_file():
+        runs = read_table(folder / "runs.csv", "runs")
+        columns = {"val.n_way": "val_way", "val.n_support": "val_shot"}
+        val = runs.reindex(columns=["run", *columns]).rename(columns=columns)
+        val[list(columns.values())] = val[list(columns.values())].apply(pd.to_numeric, errors="coerce")
     return {"nc": nc, "logs": logs, "shots": shots, "val": val}
 
 

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 #: Below this many training steps in total the plan is not timed (a smoke preset).
 QUIET_BELOW_STEPS = 1000
-CPU_PRESETS = "config/quick.yaml (minutes), config/studies/*.yaml (about an hour each)"
+CPU_PRESETS = "config/quick.yaml (minutes), config/studies/*.yaml but full_* (an hour or two each)"
 
 
 def seconds_per_step(

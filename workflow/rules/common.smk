@@ -2,7 +2,6 @@
 # token of the torch stages. Snakemake and the standard library only: the workflow parses and lints without the
 # package, which runs inside the rules and once at the start (start.smk).
 import ast
-import copy
 import functools
 import hashlib
 import importlib.util
@@ -113,10 +112,11 @@ def prepared_files(dataset):
     return [processed(s) for s in splits] + [f"data/processed/{s}_classes.txt" for s in splits]
 
 
-EVALUATE = copy.deepcopy(config["evaluate"])
-if "far" in EVALUATE:  # the far-domain protocol takes what it leaves out from the main one
-    EVALUATE["far"] = {**{k: v for k, v in EVALUATE.items() if k not in ("far", "split")}, **EVALUATE["far"]}
-EVALUATE_SPLITS = [EVALUATE["split"], *([EVALUATE["far"]["split"]] if "far" in EVALUATE else [])]
+# The far-domain protocol takes the keys it leaves out from the main one (metacollapse.evaluation).
+EVALUATE_SPLITS = [
+    config["evaluate"]["split"],
+    *([config["evaluate"]["far"]["split"]] if "far" in config["evaluate"] else []),
+]
 FEATURE_LAYERS = (
     [config["features"]["layers"]] if config["features"]["layers"] == "all" else config["features"]["layers"]
 )

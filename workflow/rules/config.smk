@@ -156,6 +156,12 @@ RUNS = expand_runs(config)
 config["features"]["probes"] = {k: v for k, v in config["features"]["probes"].items() if v is not None}
 if not config["features"]["probes"]:
     raise SystemExit("config: no probes (every entry of features.probes is null)")
+for name, probe in config["features"]["probes"].items():
+    if probe["kind"] == "classes" and probe.get("images", probe["n_support"] + 1) <= probe["n_support"]:
+        raise SystemExit(
+            f"config features.probes.{name}: images = {probe['images']} but n_support = {probe['n_support']}: "
+            "a class probe needs images beyond its support images (images > n_support)"
+        )
 if config["evaluate"].get("far", "") is None:
     del config["evaluate"]["far"]
 EPOCHS = list(range(0, config["epochs"] + 1))  # epoch 0 is the untrained network

@@ -50,7 +50,7 @@ rule evaluate:
         gpu=1,
     params:
         spec=spec_json,
-        evaluate=json.dumps(EVALUATE, sort_keys=True),
+        evaluate=json.dumps(config["evaluate"], sort_keys=True),
         data=data_versions(EVALUATE_SPLITS),
         runtime=lambda wc: runtime(wc.run, "evaluate"),
         flags=lambda wc: runtime_flags(runtime(wc.run, "evaluate")),
