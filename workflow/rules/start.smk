@@ -129,9 +129,9 @@ OTHER_SNAKEMAKE = any(Path(".snakemake/locks").glob("*.lock"))
 
 
 def repair(wildcards):
-    """An input function of rule all, so it runs while Snakemake builds the jobs, before it looks at the files:
-    removes what check_workspace found (and records moved file times in the manifests), unless this is a dry run,
-    --touch, or another Snakemake works here. Adds no input."""
+    """An input function of the target `all`, so it runs while Snakemake builds the jobs and before it looks at
+    the files. It removes what check_workspace found (and records moved file times in the manifests), unless this is
+    a dry run, --touch, or another Snakemake works here. It adds no input."""
     if workflow.dryrun or workflow.touch or OTHER_SNAKEMAKE:
         return []
     for path in filter(os.path.exists, REPAIRS):
