@@ -25,9 +25,13 @@ import pandas as pd
 from metacollapse.stats import mean_ci
 from metacollapse.tables import RUN_COLUMN_KEYS, read_table, varying_keys
 
-METRICS = ("nc1_paper", "nc1_quotient", "cdnv", "cdnv_dir", "erank", "gnc2", "nc2_etf_rownorm", "nc3", "nc4")
-#: The sets summarised: per-episode query features, whole class probes, and a learner's real linear head.
-SETS = ("query", "all", "classifier")
+METRICS = (
+    "nc1_paper", "nc1_quotient", "cdnv", "cdnv_dir", "erank", "gnc2", "nc2_etf_rownorm", "nc2_equinorm",
+    "nc2_equiangularity", "nc3", "nc4",
+)  # fmt: skip
+#: The sets summarised: per-episode query features, whole class probes, a learner's real linear head, and ProtoNet
+#: as a linear classifier (nc3, nc4 of its prototypes).
+SETS = ("query", "all", "classifier", "protonet")
 TABLES = {"train_log.csv": "train_log", "fewshot_accuracy.csv": "fewshot", "nc_metrics.csv": "nc"}
 
 

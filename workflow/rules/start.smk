@@ -93,9 +93,9 @@ def run_plan(raw):
 
 
 def check_workspace():
-    """What `metacollapse plan` says, and the files to remove so that Snakemake makes them again: the manifest of
-    processed files that no longer match it or are of another data version (so that prepare runs), and raw files
-    that no longer verify, where prepare needs them. Only reads: ``repair`` removes them, when jobs really run."""
+    """What `metacollapse plan` says, and the raw files that no longer verify where prepare needs them (``repair``
+    removes those when jobs really run). The manifest of processed files that no longer match it or are of another
+    data version goes at once, also in a dry run (it is bookkeeping, not data), so that prepare runs."""
     repairs, stale = [], set()
     for dataset in (d for d in USED_DATASETS if Path(manifest(d)).exists()):
         damaged = damaged_files(dataset, update=False)
@@ -103,8 +103,8 @@ def check_workspace():
             damaged = [f"data of {dataset}: version {recorded_version(dataset)}, today's is {data_version(dataset)}"]
         for line in damaged:
             logger.warning(f"{line}: {DATASETS[dataset]['command']} makes it again")
-        if damaged:  # the version file stays: readers of today's version keep ancient inputs
-            repairs.append(manifest(dataset))
+        if damaged and not OTHER_SNAKEMAKE:  # the version file stays: readers of today's version keep ancient inputs
+            os.remove(manifest(dataset))
             stale.add(dataset)
     unprepared = [
         d for d in USED_DATASETS if d in stale or not all(map(os.path.exists, [*prepared_files(d), manifest(d)]))
@@ -123,15 +123,15 @@ def check_workspace():
     return plan, repairs
 
 
-# Not again in each job's own Snakemake. Another Snakemake working here holds a lock (this one takes its own later).
-PLAN, REPAIRS = check_workspace() if workflow.is_main_process else (None, [])
+# Another Snakemake working here holds a lock (this one takes its own later). Not again in each job's own Snakemake.
 OTHER_SNAKEMAKE = any(Path(".snakemake/locks").glob("*.lock"))
+PLAN, REPAIRS = check_workspace() if workflow.is_main_process else (None, [])
 
 
 def repair(wildcards):
     """An input function of the target `all`, so it runs while Snakemake builds the jobs and before it looks at
-    the files. It removes what check_workspace found (and records moved file times in the manifests), unless this is
-    a dry run, --touch, or another Snakemake works here. It adds no input."""
+    the files. It removes the raw files check_workspace found (and records moved file times in the manifests),
+    unless this is a dry run, --touch, or another Snakemake works here. It adds no input."""
     if workflow.dryrun or workflow.touch or OTHER_SNAKEMAKE:
         return []
     for path in filter(os.path.exists, REPAIRS):
