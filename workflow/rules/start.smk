@@ -43,7 +43,8 @@ def read_manifest(dataset):
 
 def damaged_files(dataset, update):
     """Files of a dataset's manifest whose bytes are no longer those prepare wrote: the size differs or, where the
-    mtime moved, the sha256. A moved mtime with the same bytes is written back into the manifest when ``update``."""
+    mtime moved, the sha256. A moved mtime with the same bytes (a cluster executor touches the outputs of remote
+    jobs) is written back into the manifest when ``update``."""
     entries = read_manifest(dataset)
     if not isinstance(entries, dict):
         return [f"{manifest(dataset)}: not a readable manifest"]
@@ -59,8 +60,10 @@ def damaged_files(dataset, update):
                 damaged.append(f"{file}: its sha256 differs from the one it was prepared with")
             else:
                 entry["mtime_ns"], moved = stat.st_mtime_ns, True
-    if moved and update and not damaged:
+    if moved and update and not damaged:  # its own mtime stays: bookkeeping must not look like new data
+        stat = Path(manifest(dataset)).stat()
         write_text(manifest(dataset), json.dumps(entries, indent=1, sort_keys=True) + "\n")
+        os.utime(manifest(dataset), ns=(stat.st_atime_ns, stat.st_mtime_ns))
     return damaged
 
 
