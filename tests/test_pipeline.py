@@ -210,6 +210,20 @@ def test_a_damaged_processed_split_is_remade_and_no_run_retrains(quick_copy):
     assert planned(quick_copy) == set()
 
 
+def test_a_processed_file_rewritten_with_the_same_bytes_is_not_remade_and_its_manifest_learns_the_time(quick_copy):
+    """What a cluster executor does to the outputs of a remote job: the manifest records the new time, and keeps its
+    own, so that the bookkeeping does not look like new data."""
+    train = quick_copy / "data" / "processed" / "train.npy"
+    manifest = quick_copy / "data" / "processed" / "omniglot_manifest.json"
+    damage(train, keep=1.0)  # the same bytes in a new file: a new mtime
+    manifest_mtime = manifest.stat().st_mtime_ns
+    assert json.loads(manifest.read_text())["data/processed/train.npy"]["mtime_ns"] != train.stat().st_mtime_ns
+    result = snakemake(quick_copy, "--configfile", "config/quick.yaml")
+    assert ran(result) <= {"all"}, result.stderr[-3000:]
+    assert json.loads(manifest.read_text())["data/processed/train.npy"]["mtime_ns"] == train.stat().st_mtime_ns
+    assert manifest.stat().st_mtime_ns == manifest_mtime
+
+
 def test_a_raw_zip_that_no_longer_verifies_is_downloaded_again_when_prepare_needs_it(quick_copy, omniglot_mirror):
     """A zip that a broken mirror vouched for, then the mirror fixed: a plain run repairs it, retraining nothing."""
     raw = quick_copy / "data" / "raw" / "images_background.zip"
