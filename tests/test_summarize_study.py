@@ -78,3 +78,18 @@ def test_a_study_without_a_runs_table_groups_by_learner_backbone_and_width(tmp_p
     assert list(table.columns[:4]) == ["learner", "backbone", "width", "quantity"]
     acc = table[(table["quantity"] == "acc_5w1s") & (table["probe"] == "test")]
     assert acc["seeds"].tolist() == [6] and not math.isnan(acc["ci95"].iloc[0])
+
+
+def test_summary_has_every_dumped_epoch_and_layer_as_a_mean_over_seeds(tmp_path: Path) -> None:
+    runs = _runs([("protonet", "conv4", 64.0, (0, 1, 2))])
+    nc = _nc_table(runs, layers=True)
+    _write(tmp_path / "study" / "results", nc, _train_log(runs), _fewshot(runs), runs)
+    (tmp_path / "study" / "results" / "figures").mkdir()
+    table = _tool().summarize(tmp_path / "study", tmp_path / "out")
+    rows = table[(table["quantity"] == "cdnv") & (table["set"] == "all")]
+    assert set(rows["epoch"]) == set(nc["epoch"]) and set(rows["layer"]) == set(nc.loc[nc["set"] == "all", "layer"])
+    block = rows[(rows["layer"] == "block1") & (rows["epoch"] == 1) & (rows["probe"] == "test_classes")]
+    source = nc[(nc["metric"] == "cdnv") & (nc["layer"] == "block1") & (nc["epoch"] == 1)]
+    source = source[source["probe"] == "test_classes"]
+    assert len(block) == 1 and block["seeds"].iloc[0] == 3
+    assert block["mean"].iloc[0] == pytest.approx(source["mean"].mean(), rel=1e-12)

@@ -4,10 +4,11 @@
 
 summary.csv has one row per group and quantity. A group is the runs that differ only by seed: learner, backbone,
 width and every other key of results/runs.csv that varies across the runs (one column each). The quantities are
-the few-shot accuracies per split (in ``probe``), and the NC metrics of the final embedding at epoch 0 and at the
-last epoch on every probe (query features of episodic probes, whole class probes, and the classifier set where a
-learner has a real head), as mean and 95% t-interval over seeds (metacollapse.stats.mean_ci), with the metric's
-null value. Every number a study README quotes comes from it or from the copied tables.
+the few-shot accuracies per split (in ``probe``), and the NC metrics at every dumped epoch and layer (``layer``:
+``embedding`` or a block of the backbone) on every probe (query features of episodic probes, whole class probes,
+and the classifier set where a learner has a real head), as mean and 95% t-interval over seeds
+(metacollapse.stats.mean_ci), with the metric's null value. Every number a study README quotes comes from it or from
+the copied tables.
 
 jobs.csv has one row per job from Snakemake's benchmark files (benchmarks/<rule>/<run>.tsv, or
 benchmarks/<rule>.tsv for a rule without a run): rule, run, wall-clock seconds, peak resident memory (MiB) and
@@ -53,20 +54,19 @@ def summarize(workdir: Path, out: Path) -> pd.DataFrame:
     for table in (logs, shots, nc):
         table["width"] = table["width"].fillna(-1).astype(int)  # -1: a backbone without a width (ResNet-18)
         table[extras] = table[extras].fillna("")
-    nc = nc[nc["layer"] == "embedding"]
     last = nc["epoch"].max()
-    final = nc[nc["epoch"].isin([0, last]) & nc["metric"].isin(METRICS) & nc["set"].isin(SETS)]
+    measured = nc[nc["metric"].isin(METRICS) & nc["set"].isin(SETS)]
     records = []
     for group, rows in shots.groupby(keys):
         for (split, way, shot), s in rows.groupby(["split", "n_way", "n_shot"]):
             mean, ci, n = mean_ci(100 * s["accuracy"].to_numpy())
-            records.append((*group, f"acc_{way}w{shot}s", split, "", last, mean, ci, n, float("nan")))
-    for group, rows in final.groupby(keys):
-        for (probe, set_name, metric, epoch), s in rows.groupby(["probe", "set", "metric", "epoch"]):
+            records.append((*group, f"acc_{way}w{shot}s", split, "", "", last, mean, ci, n, float("nan")))
+    for group, rows in measured.groupby(keys):
+        for (probe, set_name, layer, metric, epoch), s in rows.groupby(["probe", "set", "layer", "metric", "epoch"]):
             mean, ci, n = mean_ci(s["mean"].to_numpy())
-            records.append((*group, metric, probe, set_name, epoch, mean, ci, n, float(s["null"].mean())))
+            records.append((*group, metric, probe, set_name, layer, epoch, mean, ci, n, float(s["null"].mean())))
     table = pd.DataFrame.from_records(
-        records, columns=[*keys, "quantity", "probe", "set", "epoch", "mean", "ci95", "seeds", "null"]
+        records, columns=[*keys, "quantity", "probe", "set", "layer", "epoch", "mean", "ci95", "seeds", "null"]
     )
     size = logs.groupby(keys)[["n_params", "dim"]].first().reset_index()
     table = table.merge(size, on=keys, how="left")
